@@ -1,0 +1,277 @@
+"""The training engine: a sequence of tasks as one compiled, seed-vmapped program.
+
+Structure (every loop is a ``lax.scan``)::
+
+    train(key)                                 # one seed; jax.vmap over keys
+      state = init_state(spec, hp, data, key)
+      scan over tasks:  run_task               # train, probe, switch task
+        scan over steps: train_step            # one Adam step on a minibatch
+
+What is static (changes the program) lives in `EngineSpec`, a hashable
+dataclass; what is traced (may be vmapped over a grid) lives in `HParams`; the
+data is an argument, never a baked-in constant. `run_tasks` is jitted once per
+`EngineSpec` and task chunk length, so running more tasks (more chunks) never
+compiles again, and interventions that change only traced values (weight
+decay) share one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from plastix import data as data_lib
+from plastix import interventions
+from plastix import models
+from plastix import optim
+from plastix import probes
+from plastix import shifts
+
+# Independent PRNG streams derived from each seed's key.
+_INIT_STREAM, _TASK_STREAM, _STEP_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+  """Everything static about a run: changing a field compiles a new program."""
+  model: nn.Module
+  optimizer: str
+  weight_decay_mask: str
+  shift: str
+  num_classes: int
+  input_dim: int
+  steps_per_task: int
+  batch_size: int
+  accuracy_steps: int  # the last steps of each task averaged into train_accuracy.
+  random_initial_labels: bool
+  dormant_tau: float
+  srank_delta: float
+
+
+@flax.struct.dataclass
+class HParams:
+  """Traced hyperparameters (float32 scalars); vmappable over a grid."""
+  learning_rate: jax.Array
+  weight_decay: jax.Array
+  b1: jax.Array
+  b2: jax.Array
+  eps: jax.Array
+  shift_eps: jax.Array
+
+
+@flax.struct.dataclass
+class TrainData:
+  """The training set as device arrays, and the fixed probe batch."""
+  images: jax.Array       # uint8 [N, D], flattened.
+  labels: jax.Array       # int32 [N], the dataset's labels.
+  probe_index: jax.Array  # int32 [P], the examples the probes run on.
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: dict
+  opt_state: optax.OptState
+  task: shifts.Task
+  task_index: jax.Array  # int32: index of the current task.
+  rng: jax.Array         # the seed's key; per-task keys are folded from it.
+
+
+class TaskMetrics(NamedTuple):
+  """Per-task metrics; under the engine's scans each gains [seed, task] axes."""
+  train_loss: jax.Array           # mean minibatch loss over the last accuracy_steps.
+  train_accuracy: jax.Array       # mean minibatch accuracy over the same steps.
+  dead_fraction: jax.Array        # dormant fraction at tau = 0, all hidden units.
+  dormant_fraction: jax.Array     # dormant fraction at spec.dormant_tau.
+  linearized_fraction: jax.Array  # ReLU units positive on the whole probe batch.
+  effective_rank: jax.Array       # of the last hidden layer's activations.
+  srank: jax.Array                # of the same features, delta = spec.srank_delta.
+  param_norm: jax.Array           # global L2 norm.
+  layer_param_norm: dict          # module name -> L2 norm.
+  layer_dead_fraction: jax.Array  # [num_hidden_layers].
+
+
+def _inputs(images_uint8: jax.Array) -> jax.Array:
+  """uint8 pixels to float32 in [0, 1]."""
+  return images_uint8.astype(jnp.float32) / 255.0
+
+
+def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
+  return optim.make_optimizer(
+      spec.optimizer, hp.learning_rate, hp.weight_decay, b1=hp.b1, b2=hp.b2,
+      eps=hp.eps, weight_decay_mask=spec.weight_decay_mask)
+
+
+def _shift_context(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.ShiftContext:
+  return shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps)
+
+
+def _stream(rng: jax.Array, stream: int, index) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(rng, stream), index)
+
+
+def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -> TrainState:
+  """Fresh parameters, optimizer state and task 0 for the seed with key `rng`."""
+  dummy = jnp.zeros((1, spec.input_dim), jnp.float32)
+  params = spec.model.init(_stream(rng, _INIT_STREAM, 0), dummy)["params"]
+  task = shifts.initial_task(_stream(rng, _TASK_STREAM, 0),
+                             _shift_context(spec, hp, data), spec.input_dim,
+                             spec.random_initial_labels)
+  return TrainState(params=params, opt_state=_optimizer(spec, hp).init(params),
+                    task=task, task_index=jnp.zeros([], jnp.int32), rng=rng)
+
+
+def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+               key: jax.Array):
+  """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy))."""
+  idx = jax.random.randint(key, (spec.batch_size,), 0, data.images.shape[0])
+  x, y = shifts.apply_task(state.task, _inputs(data.images[idx]), idx)
+
+  def loss_fn(params):
+    logits = spec.model.apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+  return state.replace(params=params, opt_state=opt_state), (loss, accuracy)
+
+
+def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData) -> dict:
+  """The mechanism probes on the fixed probe batch under the current task's inputs."""
+  x, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]), data.probe_index)
+  _, preacts, acts = models.hidden_features(spec.model, params, x)
+  units = jnp.array([a.shape[-1] for a in acts], jnp.float32)
+  weight = units / jnp.sum(units)
+  layer_dead = jnp.stack([probes.dormant_fraction(a, 0.0) for a in acts])
+  layer_dormant = jnp.stack([probes.dormant_fraction(a, spec.dormant_tau) for a in acts])
+  layer_linear = jnp.stack([probes.linearized_fraction(h) for h in preacts])
+  return dict(
+      dead_fraction=jnp.sum(weight * layer_dead),
+      dormant_fraction=jnp.sum(weight * layer_dormant),
+      linearized_fraction=jnp.sum(weight * layer_linear),
+      effective_rank=probes.effective_rank(acts[-1]),
+      srank=probes.srank(acts[-1], spec.srank_delta),
+      param_norm=probes.param_norm(params),
+      layer_param_norm=probes.layer_param_norms(params),
+      layer_dead_fraction=layer_dead,
+  )
+
+
+def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
+  """Trains on the current task, probes, then switches to the next task."""
+  step_keys = jax.random.split(_stream(state.rng, _STEP_STREAM, state.task_index),
+                               spec.steps_per_task)
+  step = functools.partial(train_step, spec, hp, data)
+  state, (losses, accuracies) = jax.lax.scan(step, state, step_keys)
+  window = slice(spec.steps_per_task - spec.accuracy_steps, None)
+  metrics = TaskMetrics(train_loss=jnp.mean(losses[window]),
+                        train_accuracy=jnp.mean(accuracies[window]),
+                        **probe(spec, state.params, state.task, data))
+  next_index = state.task_index + 1
+  next_task = shifts.switch_task(spec.shift, _stream(state.rng, _TASK_STREAM, next_index),
+                                 state.task, _shift_context(spec, hp, data))
+  return state.replace(task=next_task, task_index=next_index), metrics
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def init_states(rngs: jax.Array, data: TrainData, hp: HParams, *, spec: EngineSpec):
+  """`init_state` for a leading axis of seed keys."""
+  return jax.vmap(lambda r: init_state(spec, hp, data, r))(rngs)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "num_tasks"), donate_argnums=0)
+def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineSpec,
+              num_tasks: int):
+  """`num_tasks` tasks for every seed of `states` (leading axis): one program.
+
+  Returns the new states and `TaskMetrics` with leading axes [seed, task].
+  """
+
+  def one_seed(state):
+    state, metrics = jax.lax.scan(lambda s, _: run_task(spec, hp, data, s), state,
+                                  None, length=num_tasks)
+    return state, metrics
+
+  return jax.vmap(one_seed)(states)
+
+
+# ----------------------------------------------------------------------------
+# From a config to the engine's arguments.
+
+
+def load_train_data(config: ml_collections.ConfigDict) -> tuple[TrainData, int]:
+  """The config's training examples and probe batch as device arrays, and the class count."""
+  ds = data_lib.load(config.dataset, "train", config.data_dir or None)
+  n = config.num_examples or ds.images.shape[0]
+  images = ds.images[:n].reshape(n, -1)
+  probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
+  return TrainData(images=jnp.asarray(images), labels=jnp.asarray(ds.labels[:n]),
+                   probe_index=jnp.asarray(probe_index)), ds.num_classes
+
+
+def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
+                input_dim: int) -> EngineSpec:
+  """The static part of a (resolved, single-intervention) config."""
+  m = config.model
+  model = models.MLP(hidden_sizes=(m.width,) * m.depth, num_outputs=num_classes,
+                     norm=m.norm)
+  return EngineSpec(
+      model=model, optimizer=config.optimizer.name,
+      weight_decay_mask=config.optimizer.weight_decay_mask, shift=config.shift,
+      num_classes=num_classes, input_dim=input_dim,
+      steps_per_task=config.steps_per_task, batch_size=config.batch_size,
+      accuracy_steps=accuracy_steps(config),
+      random_initial_labels=config.shift_params.initial_labels == "random",
+      dormant_tau=float(config.probes.dormant_tau),
+      srank_delta=float(config.probes.srank_delta))
+
+
+def accuracy_steps(config: ml_collections.ConfigDict) -> int:
+  """How many final steps of a task `train_accuracy` averages (at least 1)."""
+  return max(1, int(round(config.accuracy_window * config.steps_per_task)))
+
+
+def hparams(config: ml_collections.ConfigDict) -> HParams:
+  o = config.optimizer
+  f = lambda v: jnp.asarray(v, jnp.float32)
+  return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
+                 b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
+                 shift_eps=f(config.shift_params.eps))
+
+
+def seed_keys(config: ml_collections.ConfigDict, num_seeds: int | None = None) -> jax.Array:
+  """Key of seed i = fold_in(PRNGKey(config.seed), i): shared by every intervention."""
+  base = jax.random.PRNGKey(config.seed)
+  n = config.num_seeds if num_seeds is None else num_seeds
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+
+
+def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"):
+  """A pure ``train(key) -> TaskMetrics`` (leading axis: task) for one seed.
+
+  ``jax.jit(jax.vmap(train))(seed_keys(config))`` trains every seed in one
+  program; the experiment runner uses `run_tasks` instead, in chunks of tasks,
+  to report progress.
+  """
+  resolved = interventions.apply(config, intervention)
+  data, num_classes = load_train_data(resolved)
+  spec = engine_spec(resolved, num_classes, data.images.shape[1])
+  hp = hparams(resolved)
+
+  def train(key: jax.Array) -> TaskMetrics:
+    state = init_state(spec, hp, data, key)
+    _, metrics = jax.lax.scan(lambda s, _: run_task(spec, hp, data, s), state, None,
+                              length=resolved.num_tasks)
+    return metrics
+
+  return train

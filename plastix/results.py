@@ -1,0 +1,157 @@
+"""Turning engine metrics into metrics.csv, summary.json and a printed table.
+
+All files are written atomically (a temporary file in the same folder, then
+``os.replace``), so a kill never leaves a truncated result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+BASE_COLUMNS = (
+    "intervention", "seed", "task", "train_loss", "train_accuracy", "dead_fraction",
+    "dormant_fraction", "linearized_fraction", "effective_rank", "srank", "param_norm",
+)
+SUMMARY_KEYS = ("first_task_accuracy", "final_task_accuracy", "plasticity_loss",
+                "dead_fraction_final", "param_norm_final")
+LAST_TASKS = 3  # plasticity_loss compares task 0 with the mean of this many last tasks.
+
+
+def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int]) -> list[dict]:
+  """One row per (seed, task) from `engine.TaskMetrics` with [seed, task] axes.
+
+  Per-layer values become extra columns ``param_norm_<module>`` and
+  ``dead_fraction_layer<i>``.
+  """
+  m = {k: np.asarray(v) for k, v in metrics._asdict().items()
+       if k not in ("layer_param_norm", "layer_dead_fraction")}
+  layer_norms = {k: np.asarray(v) for k, v in metrics.layer_param_norm.items()}
+  layer_dead = np.asarray(metrics.layer_dead_fraction)
+  num_seeds, num_tasks = m["train_loss"].shape
+  if len(seeds) != num_seeds:
+    raise ValueError(f"{len(seeds)} seed ids for {num_seeds} seeds")
+  rows = []
+  for s in range(num_seeds):
+    for t in range(num_tasks):
+      row = {"intervention": intervention, "seed": int(seeds[s]), "task": t}
+      row.update({k: v[s, t].item() for k, v in m.items()})
+      row.update({f"param_norm_{k}": v[s, t].item() for k, v in layer_norms.items()})
+      row.update({f"dead_fraction_layer{i}": layer_dead[s, t, i].item()
+                  for i in range(layer_dead.shape[-1])})
+      rows.append(row)
+  return rows
+
+
+def columns(rows: Iterable[dict]) -> list[str]:
+  """The base columns, then every other key in order of first appearance."""
+  cols = list(BASE_COLUMNS)
+  for row in rows:
+    cols.extend(k for k in row if k not in cols)
+  return cols
+
+
+def _atomic_write(path: str, text: str) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w", newline="") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_csv(path: str, rows: Sequence[dict]) -> None:
+  """Writes `rows` to `path` atomically; missing values are left empty."""
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=columns(rows), restval="", lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_write(path, buf.getvalue())
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as indented JSON to `path` atomically."""
+  _atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_csv(path: str) -> list[dict]:
+  """Reads a metrics.csv back, numbers as floats (ints for seed and task)."""
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  out = []
+  for row in rows:
+    parsed = {}
+    for k, v in row.items():
+      if k == "intervention" or v == "":
+        parsed[k] = v
+      elif k in ("seed", "task"):
+        parsed[k] = int(v)
+      else:
+        parsed[k] = float(v)
+    out.append(parsed)
+  return out
+
+
+def per_seed_curves(rows: Sequence[dict], intervention: str, key: str) -> np.ndarray:
+  """``[seeds, tasks]`` array of column `key` for one intervention."""
+  sel = [r for r in rows if r["intervention"] == intervention]
+  seeds = sorted({r["seed"] for r in sel})
+  tasks = sorted({r["task"] for r in sel})
+  out = np.full((len(seeds), len(tasks)), np.nan)
+  for r in sel:
+    out[seeds.index(r["seed"]), tasks.index(r["task"])] = r[key]
+  return out
+
+
+def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
+  """summary.json's content: per intervention, means over seeds of
+
+  * first_task_accuracy: train_accuracy on task 0;
+  * final_task_accuracy: train_accuracy on the last task;
+  * plasticity_loss: first_task_accuracy - mean train_accuracy over the last
+    three tasks (computed per seed, then averaged);
+  * dead_fraction_final, param_norm_final: on the last task;
+
+  plus ``num_seeds`` and the standard deviation over seeds of plasticity_loss.
+  """
+  out = {}
+  for name in interventions:
+    acc = per_seed_curves(rows, name, "train_accuracy")
+    last = acc[:, -min(LAST_TASKS, acc.shape[1]):].mean(axis=1)
+    loss = acc[:, 0] - last
+    out[name] = {
+        "first_task_accuracy": float(acc[:, 0].mean()),
+        "final_task_accuracy": float(acc[:, -1].mean()),
+        "plasticity_loss": float(loss.mean()),
+        "dead_fraction_final": float(per_seed_curves(rows, name, "dead_fraction")[:, -1].mean()),
+        "param_norm_final": float(per_seed_curves(rows, name, "param_norm")[:, -1].mean()),
+        "plasticity_loss_std": float(loss.std()),
+        "num_seeds": int(acc.shape[0]),
+        "num_tasks": int(acc.shape[1]),
+    }
+  return {"interventions": out}
+
+
+def format_table(summary: dict) -> str:
+  """A fixed-width table of summary.json for the terminal."""
+  header = ("intervention", "first_acc", "final_acc", "plast_loss", "dead_final",
+            "norm_final")
+  lines = [f"{header[0]:<28}" + "".join(f"{h:>12}" for h in header[1:])]
+  for name, s in summary["interventions"].items():
+    vals = [s[k] for k in SUMMARY_KEYS]
+    lines.append(f"{name:<28}" + "".join(
+        f"{v:>12.3f}" if math.isfinite(v) else f"{'nan':>12}" for v in vals))
+  return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Config checks that run before anything is loaded or compiled.
+
+`validate(config)` raises `ConfigError` naming the offending field, so that an
+entry point can print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from plastix import data as data_lib
+from plastix import interventions
+from plastix import models
+from plastix import optim
+from plastix import shifts
+
+MODELS = ("mlp",)
+INITIAL_LABELS = ("random", "true")
+
+
+class ConfigError(ValueError):
+  """A config field has an invalid value."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(f"config.{field}: {message}")
+    self.field = field
+
+
+def _get(config, field):
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      raise ConfigError(field, "missing")
+    node = node[part]
+  return node
+
+
+def _check(config, field, ok, message):
+  value = _get(config, field)
+  try:
+    good = ok(value)
+  except TypeError:
+    good = False
+  if not good:
+    raise ConfigError(field, f"{message} (got {value!r})")
+
+
+def _positive_int(v):
+  return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _in(options):
+  return lambda v: v in options
+
+
+def _check_name(config, field, parse):
+  try:
+    parse(_get(config, field))
+  except ValueError as e:
+    raise ConfigError(field, str(e)) from None
+
+
+def _parse_interventions(names):
+  if not interventions.parse_list(names):
+    raise ValueError("no interventions given")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` for the first invalid field of an experiment config."""
+  _check(config, "dataset", _in(data_lib.DATASETS),
+         f"unknown dataset; choose one of {', '.join(data_lib.DATASETS)}")
+  _check_name(config, "shift", shifts.parse_shift)
+  _check(config, "shift_params.eps", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+  _check(config, "shift_params.initial_labels", _in(INITIAL_LABELS),
+         f"choose one of {', '.join(INITIAL_LABELS)}")
+  for field in ("num_tasks", "steps_per_task", "batch_size", "num_seeds",
+                "tasks_per_chunk", "model.depth", "model.width", "probes.batch_size"):
+    _check(config, field, _positive_int, "must be a positive integer")
+  _check(config, "num_examples", lambda v: isinstance(v, int) and v >= 0,
+         "must be >= 0 (0 = the whole split)")
+  _check(config, "accuracy_window", lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
+  _check_name(config, "interventions", _parse_interventions)
+  _check(config, "intervention_params.weight_decay", lambda v: v >= 0, "must be >= 0")
+  _check(config, "model.name", _in(MODELS), f"choose one of {', '.join(MODELS)}")
+  _check(config, "model.norm", _in(models.NORMS), f"choose one of {', '.join(models.NORMS)}")
+  _check(config, "optimizer.name", _in(optim.OPTIMIZERS),
+         f"choose one of {', '.join(optim.OPTIMIZERS)}")
+  _check(config, "optimizer.learning_rate", lambda v: v > 0, "must be > 0")
+  _check(config, "optimizer.weight_decay", lambda v: v >= 0, "must be >= 0")
+  _check(config, "optimizer.weight_decay_mask", _in(optim.WEIGHT_DECAY_MASKS),
+         f"choose one of {', '.join(optim.WEIGHT_DECAY_MASKS)}")
+  _check(config, "optimizer.b1", lambda v: 0 <= v < 1, "must be in [0, 1)")
+  _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "must be in [0, 1)")
+  _check(config, "optimizer.eps", lambda v: v > 0, "must be > 0")
+  _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
+  _check(config, "probes.srank_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
+def validate_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:
+  """Checks the sizes that depend on the loaded training split's size."""
+  if config.num_examples > num_train:
+    raise ConfigError("num_examples", f"{config.num_examples} is more than the "
+                      f"{num_train} training examples of {config.dataset}")
+  n = config.num_examples or num_train
+  if config.batch_size > n:
+    raise ConfigError("batch_size", f"{config.batch_size} is larger than the "
+                      f"{n} training examples in use")
+  if config.probes.batch_size > n:
+    raise ConfigError("probes.batch_size", f"{config.probes.batch_size} is larger "
+                      f"than the {n} training examples in use")

@@ -1,0 +1,85 @@
+"""The main job end to end, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from plastix import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.num_examples=200", "--config.num_tasks=4", "--config.steps_per_task=10",
+        "--config.batch_size=16", "--config.num_seeds=2", "--config.tasks_per_chunk=2",
+        "--config.model.width=16", "--config.probes.batch_size=32"]
+
+
+def _run(*args, workdir=None):
+  cmd = [sys.executable, "-m", "experiments.synthetic", "--config=configs/shift.py", *args]
+  if workdir is not None:
+    cmd.append(f"--workdir={workdir}")
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_every_output(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _run(*TINY, "--config.interventions=baseline,layer_norm+weight_decay",
+              workdir=workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert "[baseline] task 2/4" in proc.stdout and "[layer_norm+weight_decay] task 4/4" in proc.stdout
+  assert str(workdir) in proc.stdout and "plast_loss" in proc.stdout
+  for name in ("config.json", "run_info.json", "metrics.csv", "summary.json",
+               "plasticity.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["num_tasks"] == 4 and config["model"]["width"] == 16
+  rows = results.read_csv(str(workdir / "metrics.csv"))
+  assert len(rows) == 2 * 2 * 4
+  for col in results.BASE_COLUMNS:
+    assert col in rows[0], col
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert set(summary["interventions"]) == {"baseline", "layer_norm+weight_decay"}
+  for key in results.SUMMARY_KEYS:
+    assert key in summary["interventions"]["baseline"]
+  assert (workdir / "plasticity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("override, field", [
+    (["--config.interventions=baseline,redo_magic"], "config.interventions"),
+    (["--config.dataset=cifar7"], "config.dataset"),
+    (["--config.shift=rotate"], "config.shift"),
+    (["--config.num_tasks=0"], "config.num_tasks"),
+    (["--config.steps_per_task=-5"], "config.steps_per_task"),
+    (["--config.num_seeds=0"], "config.num_seeds"),
+    (["--config.batch_size=0"], "config.batch_size"),
+    (["--config.num_examples=100", "--config.batch_size=128"], "config.batch_size"),
+    (["--config.num_examples=20000"], "config.num_examples"),
+    (["--config.model.norm=group"], "config.model.norm"),
+    (["--config.optimizer.name=adamax"], "config.optimizer.name"),
+    (["--config.shift_params.eps=1.5"], "config.shift_params.eps"),
+    (["--config.num_tasks=three"], "num_tasks"),
+    (["--config.no_such_field=1"], "no_such_field"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, override, field):
+  workdir = tmp_path / "never"
+  proc = _run(*override, workdir=workdir)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and field in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+  assert not workdir.exists()  # refused before anything was written or compiled
+
+
+def test_missing_data_file_says_how_to_get_it(tmp_path):
+  proc = _run("--config.dataset=mnist", f"--config.data_dir={tmp_path}",
+              workdir=tmp_path / "w")
+  assert proc.returncode == 2
+  assert "missing dataset file" in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  proc = _run(*TINY, workdir=blocker / "sub")
+  assert proc.returncode == 2
+  assert "--workdir" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import pytest
+
+from plastix import engine, results
+
+
+def _rows():
+  # Two seeds x five tasks with accuracies chosen by hand.
+  acc = {0: [0.9, 0.8, 0.7, 0.6, 0.5], 1: [0.7, 0.7, 0.7, 0.4, 0.4]}
+  rows = []
+  for seed, accs in acc.items():
+    for task, a in enumerate(accs):
+      rows.append({"intervention": "baseline", "seed": seed, "task": task,
+                   "train_loss": 1.0, "train_accuracy": a, "dead_fraction": 0.1 * task,
+                   "dormant_fraction": 0.0, "linearized_fraction": 0.0,
+                   "effective_rank": 1.0, "srank": 1, "param_norm": 10.0 + seed})
+  return rows
+
+
+def test_summary_by_hand():
+  s = results.summarize(_rows(), ["baseline"])["interventions"]["baseline"]
+  assert s["first_task_accuracy"] == pytest.approx(0.8)
+  assert s["final_task_accuracy"] == pytest.approx(0.45)
+  # seed 0: 0.9 - mean(0.7, 0.6, 0.5) = 0.3; seed 1: 0.7 - 0.5 = 0.2.
+  assert s["plasticity_loss"] == pytest.approx(0.25)
+  assert s["plasticity_loss_std"] == pytest.approx(0.05)
+  assert s["dead_fraction_final"] == pytest.approx(0.4)
+  assert s["param_norm_final"] == pytest.approx(10.5)
+  assert s["num_seeds"] == 2 and s["num_tasks"] == 5
+
+
+def test_csv_round_trip_and_atomic_json(tmp_path):
+  rows = _rows()
+  rows[0]["extra"] = 3.5
+  path = str(tmp_path / "m.csv")
+  results.write_csv(path, rows)
+  back = results.read_csv(path)
+  assert list(back[0])[:len(results.BASE_COLUMNS)] == list(results.BASE_COLUMNS)
+  assert back[0]["extra"] == 3.5 and back[1]["extra"] == ""
+  assert back[3]["train_accuracy"] == pytest.approx(0.6) and back[3]["task"] == 3
+  results.write_json(str(tmp_path / "s.json"), {"a": 1})
+  assert json.loads((tmp_path / "s.json").read_text()) == {"a": 1}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "s.json"]  # no temp files
+
+
+def test_metrics_to_rows_flattens_layers():
+  z = np.zeros((2, 3))
+  metrics = engine.TaskMetrics(
+      train_loss=z, train_accuracy=z + 0.5, dead_fraction=z, dormant_fraction=z,
+      linearized_fraction=z, effective_rank=z, srank=z.astype(int), param_norm=z,
+      layer_param_norm={"dense_0": z + 1, "head": z + 2},
+      layer_dead_fraction=np.arange(12.0).reshape(2, 3, 2))
+  rows = results.metrics_to_rows("ln", metrics, [5, 6])
+  assert len(rows) == 6
+  assert rows[4]["seed"] == 6 and rows[4]["task"] == 1
+  assert rows[4]["param_norm_head"] == 2.0
+  assert rows[4]["dead_fraction_layer1"] == 9.0  # [seed 1, task 1, layer 1]
