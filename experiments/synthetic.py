@@ -7,12 +7,18 @@ Writes to the workdir (default ``runs/<config.name>-<timestamp>``):
 config.json, run_info.json, metrics.csv, summary.json and plasticity.png.
 Bad input (an unknown name, an impossible size, missing data, an unwritable
 workdir) prints one line and exits with status 2 before anything compiles.
+
+The state is checkpointed after every chunk of tasks (``config.tasks_per_chunk``)
+under ``<workdir>/checkpoints``. Running the same command with the same
+``--workdir`` continues from there and produces the same results as a run
+never interrupted; a workdir holding a different config is refused.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +26,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shift.py",
@@ -55,6 +62,34 @@ def _prepare_workdir(path: str) -> None:
     _fail(f"--workdir {path!r} cannot be written ({e.strerror or e})")
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_resumable(workdir: str, config_dict: dict) -> bool:
+  """True if `workdir` already holds this config's run; exits 2 on a different config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    _fail(f"--workdir {workdir!r} has an unreadable config.json ({e}); use a new --workdir")
+  old, new = _flatten(saved), _flatten(config_dict)
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  if changed:
+    _fail(f"--workdir {workdir!r} holds a run with a different config "
+          f"({', '.join(changed)}); use a new --workdir or the same config to resume")
+  return True
+
+
 def _run_info() -> dict:
   import importlib.metadata as md  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -78,6 +113,10 @@ def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}")
   config = _CONFIG.value
+  # Progress is printed by this script; library INFO logs (jax backend probing,
+  # orbax saves) would drown it.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("jax").setLevel(logging.WARNING)
 
   # Everything that can be wrong with the input is checked before compiling.
   from plastix import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -92,11 +131,14 @@ def main(argv):
 
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.name}-{stamp}")
+  config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
+  resuming = _check_resumable(workdir, config_dict)
   _prepare_workdir(workdir)
 
   from plastix import engine, plotting, runner  # pylint: disable=g-import-not-at-top
-  results.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
+  if not resuming:
+    results.write_json(os.path.join(workdir, "config.json"), config_dict)
+    results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
 
   data, num_classes = engine.load_train_data(config)
   print(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
@@ -106,8 +148,9 @@ def main(argv):
   rows = []
   seeds = list(range(config.num_seeds))
   for name in names:
-    metrics = runner.run_intervention(config, name, data, num_classes,
-                                      progress=lambda line: print(line, flush=True))
+    metrics = runner.run_intervention(
+        config, name, data, num_classes, progress=lambda line: print(line, flush=True),
+        checkpoint_dir=os.path.join(workdir, "checkpoints", name))
     rows.extend(results.metrics_to_rows(name, metrics, seeds))
     results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 

@@ -82,7 +82,17 @@ class TrainState:
   opt_state: optax.OptState
   task: shifts.Task
   task_index: jax.Array  # int32: index of the current task.
+  step_index: jax.Array  # int32: step within the current task.
   rng: jax.Array         # the seed's key; per-task keys are folded from it.
+  # Where the seed first produced a non-finite loss or parameters (-1: never).
+  # From then on the seed is frozen: its parameters and optimizer state keep
+  # their last finite values while the other seeds of the program carry on.
+  diverged_task: jax.Array
+  diverged_step: jax.Array
+
+  @property
+  def diverged(self) -> jax.Array:
+    return self.diverged_task >= 0
 
 
 class TaskMetrics(NamedTuple):
@@ -97,6 +107,8 @@ class TaskMetrics(NamedTuple):
   param_norm: jax.Array           # global L2 norm.
   layer_param_norm: dict          # module name -> L2 norm.
   layer_dead_fraction: jax.Array  # [num_hidden_layers].
+  diverged_task: jax.Array        # task of the first non-finite step so far, or -1.
+  diverged_step: jax.Array        # its step within that task, or -1.
 
 
 def _inputs(images_uint8: jax.Array) -> jax.Array:
@@ -125,13 +137,24 @@ def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -
   task = shifts.initial_task(_stream(rng, _TASK_STREAM, 0),
                              _shift_context(spec, hp, data), spec.input_dim,
                              spec.random_initial_labels)
+  zero, minus_one = jnp.zeros([], jnp.int32), jnp.full([], -1, jnp.int32)
   return TrainState(params=params, opt_state=_optimizer(spec, hp).init(params),
-                    task=task, task_index=jnp.zeros([], jnp.int32), rng=rng)
+                    task=task, task_index=zero, step_index=zero, rng=rng,
+                    diverged_task=minus_one, diverged_step=minus_one)
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
                key: jax.Array):
-  """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy))."""
+  """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy)).
+
+  A step whose loss or new parameters are not finite is not applied, and it
+  marks the seed diverged; a diverged seed takes no further steps.
+  """
   idx = jax.random.randint(key, (spec.batch_size,), 0, data.images.shape[0])
   x, y = shifts.apply_task(state.task, _inputs(data.images[idx]), idx)
 
@@ -143,7 +166,15 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-  return state.replace(params=params, opt_state=opt_state), (loss, accuracy)
+  newly_diverged = ~state.diverged & ~(jnp.isfinite(loss) & _all_finite(params))
+  apply = ~state.diverged & ~newly_diverged
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  state = state.replace(
+      params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      step_index=state.step_index + 1,
+      diverged_task=jnp.where(newly_diverged, state.task_index, state.diverged_task),
+      diverged_step=jnp.where(newly_diverged, state.step_index, state.diverged_step))
+  return state, (loss, accuracy)
 
 
 def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData) -> dict:
@@ -176,11 +207,14 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
   metrics = TaskMetrics(train_loss=jnp.mean(losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),
+                        diverged_task=state.diverged_task,
+                        diverged_step=state.diverged_step,
                         **probe(spec, state.params, state.task, data))
   next_index = state.task_index + 1
   next_task = shifts.switch_task(spec.shift, _stream(state.rng, _TASK_STREAM, next_index),
                                  state.task, _shift_context(spec, hp, data))
-  return state.replace(task=next_task, task_index=next_index), metrics
+  return state.replace(task=next_task, task_index=next_index,
+                       step_index=jnp.zeros_like(state.step_index)), metrics
 
 
 @functools.partial(jax.jit, static_argnames="spec")

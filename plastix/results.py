@@ -43,6 +43,7 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int]) -> list[di
     for t in range(num_tasks):
       row = {"intervention": intervention, "seed": int(seeds[s]), "task": t}
       row.update({k: v[s, t].item() for k, v in m.items()})
+      row["diverged"] = int(row["diverged_task"] >= 0)
       row.update({f"param_norm_{k}": v[s, t].item() for k, v in layer_norms.items()})
       row.update({f"dead_fraction_layer{i}": layer_dead[s, t, i].item()
                   for i in range(layer_dead.shape[-1])})
@@ -116,6 +117,21 @@ def per_seed_curves(rows: Sequence[dict], intervention: str, key: str) -> np.nda
   return out
 
 
+def diverged_seeds(rows: Sequence[dict], intervention: str) -> np.ndarray:
+  """``[seeds]`` bools: which seeds of `intervention` diverged at some point."""
+  return per_seed_curves(rows, intervention, "diverged_task")[:, -1] >= 0
+
+
+def healthy_curves(rows: Sequence[dict], intervention: str, key: str) -> np.ndarray:
+  """`per_seed_curves` restricted to the seeds that never diverged."""
+  return per_seed_curves(rows, intervention, key)[~diverged_seeds(rows, intervention)]
+
+
+def _mean(values: np.ndarray) -> float | None:
+  """Mean as a float, or None (JSON null) when there is nothing to average."""
+  return float(values.mean()) if values.size else None
+
+
 def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   """summary.json's content: per intervention, means over seeds of
 
@@ -125,22 +141,34 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
     three tasks (computed per seed, then averaged);
   * dead_fraction_final, param_norm_final: on the last task;
 
-  plus ``num_seeds`` and the standard deviation over seeds of plasticity_loss.
+  plus ``num_seeds``, the standard deviation over seeds of plasticity_loss and
+  the seeds that diverged (``num_diverged``, and ``diverged``: seed, task,
+  step each). Means exclude diverged seeds (``means_exclude_diverged``); they
+  are null when every seed diverged.
   """
   out = {}
   for name in interventions:
-    acc = per_seed_curves(rows, name, "train_accuracy")
+    div_task = per_seed_curves(rows, name, "diverged_task")[:, -1]
+    div_step = per_seed_curves(rows, name, "diverged_step")[:, -1]
+    seeds = sorted({r["seed"] for r in rows if r["intervention"] == name})
+    ok = ~diverged_seeds(rows, name)
+    curve = lambda key, name=name: healthy_curves(rows, name, key)
+    acc = curve("train_accuracy")
     last = acc[:, -min(LAST_TASKS, acc.shape[1]):].mean(axis=1)
     loss = acc[:, 0] - last
     out[name] = {
-        "first_task_accuracy": float(acc[:, 0].mean()),
-        "final_task_accuracy": float(acc[:, -1].mean()),
-        "plasticity_loss": float(loss.mean()),
-        "dead_fraction_final": float(per_seed_curves(rows, name, "dead_fraction")[:, -1].mean()),
-        "param_norm_final": float(per_seed_curves(rows, name, "param_norm")[:, -1].mean()),
-        "plasticity_loss_std": float(loss.std()),
-        "num_seeds": int(acc.shape[0]),
+        "first_task_accuracy": _mean(acc[:, 0]),
+        "final_task_accuracy": _mean(acc[:, -1]),
+        "plasticity_loss": _mean(loss),
+        "dead_fraction_final": _mean(curve("dead_fraction")[:, -1]),
+        "param_norm_final": _mean(curve("param_norm")[:, -1]),
+        "plasticity_loss_std": float(loss.std()) if loss.size else None,
+        "num_seeds": len(seeds),
         "num_tasks": int(acc.shape[1]),
+        "num_diverged": int((~ok).sum()),
+        "means_exclude_diverged": True,
+        "diverged": [{"seed": seeds[i], "task": int(div_task[i]), "step": int(div_step[i])}
+                     for i in np.flatnonzero(~ok)],
     }
   return {"interventions": out}
 
@@ -148,10 +176,13 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
 def format_table(summary: dict) -> str:
   """A fixed-width table of summary.json for the terminal."""
   header = ("intervention", "first_acc", "final_acc", "plast_loss", "dead_final",
-            "norm_final")
+            "norm_final", "diverged")
   lines = [f"{header[0]:<28}" + "".join(f"{h:>12}" for h in header[1:])]
   for name, s in summary["interventions"].items():
     vals = [s[k] for k in SUMMARY_KEYS]
     lines.append(f"{name:<28}" + "".join(
-        f"{v:>12.3f}" if math.isfinite(v) else f"{'nan':>12}" for v in vals))
+        f"{v:>12.3f}" if v is not None and math.isfinite(v) else f"{'n/a':>12}"
+        for v in vals) + f"{s['num_diverged']:>9d}/{s['num_seeds']}")
+  if any(s["num_diverged"] for s in summary["interventions"].values()):
+    lines.append("means exclude diverged seeds")
   return "\n".join(lines)

@@ -7,6 +7,7 @@ between them without new compilations) and returns numpy metrics.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -14,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from plastix import checkpointing
 from plastix import engine
 from plastix import interventions
 
@@ -26,10 +28,19 @@ def chunk_length(num_tasks: int, tasks_per_chunk: int) -> int:
   return max(d for d in range(1, min(num_tasks, tasks_per_chunk) + 1) if num_tasks % d == 0)
 
 
+def _concat_tasks(parts):
+  return jax.tree.map(lambda *p: np.concatenate(p, axis=1), *parts)
+
+
 def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.TrainData,
                      num_classes: int,
-                     progress: Callable[[str], None] | None = None) -> engine.TaskMetrics:
+                     progress: Callable[[str], None] | None = None,
+                     checkpoint_dir: str | None = None) -> engine.TaskMetrics:
   """Trains every seed of `config` under intervention `name`.
+
+  With `checkpoint_dir`, the state and metrics are saved after every chunk of
+  tasks and a later call continues from the newest checkpoint there; the
+  result is the same, bit for bit, as a run never interrupted.
 
   Returns `engine.TaskMetrics` as numpy arrays with leading axes [seed, task].
   """
@@ -37,14 +48,33 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
   spec = engine.engine_spec(resolved, num_classes, data.images.shape[1])
   hp = engine.hparams(resolved)
   chunk = chunk_length(resolved.num_tasks, resolved.tasks_per_chunk)
+  run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   start = time.perf_counter()
   states = engine.init_states(engine.seed_keys(resolved), data, hp, spec=spec)
-  chunks = []
-  for done in range(chunk, resolved.num_tasks + 1, chunk):
-    states, metrics = engine.run_tasks(states, data, hp, spec=spec, num_tasks=chunk)
+  chunks, done = [], 0
+  ckpt = checkpointing.Checkpointer(checkpoint_dir) if checkpoint_dir else None
+  if ckpt is not None and ckpt.latest_tasks_done() is not None:
+    done = ckpt.latest_tasks_done()
+    if done > resolved.num_tasks or done % chunk:
+      raise ValueError(f"checkpoint in {checkpoint_dir} has {done} tasks, which does "
+                       f"not fit {resolved.num_tasks} tasks in chunks of {chunk}")
+    _, chunk_metrics = jax.eval_shape(run_chunk, states, data, hp)
+    metrics_like = jax.tree.map(
+        lambda m: np.zeros((m.shape[0], done) + m.shape[2:], m.dtype), chunk_metrics)
+    states, restored = ckpt.restore(done, states, metrics_like)
+    chunks.append(restored)
+    if progress is not None:
+      progress(f"[{name}] resumed from checkpoint after task {done}/{resolved.num_tasks}")
+  while done < resolved.num_tasks:
+    states, metrics = run_chunk(states, data, hp)
     chunks.append(jax.device_get(metrics))
+    done += chunk
+    if ckpt is not None:
+      ckpt.save(done, states, _concat_tasks(chunks))
     if progress is not None:
       acc = np.mean(chunks[-1].train_accuracy[:, -1])
       progress(f"[{name}] task {done}/{resolved.num_tasks}  train_accuracy {acc:.3f}  "
                f"{time.perf_counter() - start:.1f}s")
-  return jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *chunks)
+  if ckpt is not None:
+    ckpt.close()
+  return _concat_tasks(chunks)

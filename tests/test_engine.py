@@ -122,3 +122,32 @@ def test_sgd_step_matches_closed_form(config):
   expected = jax.tree.map(lambda p, g: p - 0.5 * g - 0.5 * 0.1 * p, state.params, grads)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_divergent_seed_is_frozen_and_marked_while_others_carry_on(config):
+  _, data, _, spec, hp = _setup(config)
+  keys = engine.seed_keys(config, 2)
+  states = engine.init_states(keys, data, hp, spec=spec)
+  # Poison seed 0's head so its first loss is NaN.
+  poisoned = states.replace(params=jax.tree_util.tree_map_with_path(
+      lambda path, p: p.at[0].set(jnp.nan) if "head" in str(path) else p, states.params))
+  frozen_params = jax.tree.map(lambda a: a[0], poisoned.params)
+  new_states, metrics = engine.run_tasks(poisoned, data, hp, spec=spec, num_tasks=2)
+  np.testing.assert_array_equal(metrics.diverged_task, [[0, 0], [-1, -1]])
+  np.testing.assert_array_equal(metrics.diverged_step, [[0, 0], [-1, -1]])
+  # Seed 0 took no step: its parameters are the ones it had.
+  chex.assert_trees_all_equal(jax.tree.map(lambda a: a[0], new_states.params), frozen_params)
+  # Seed 1 trained exactly as it does alone.
+  alone = engine.init_states(keys[1:], data, hp, spec=spec)
+  _, alone_metrics = engine.run_tasks(alone, data, hp, spec=spec, num_tasks=2)
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a[1:], metrics), alone_metrics,
+                              rtol=2e-5, atol=1e-6)
+
+
+def test_large_learning_rate_divergence_is_detected_mid_run(config):
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 1e6
+  metrics = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  assert np.all(metrics.diverged_task[:, -1] >= 0)
+  assert np.all(metrics.diverged_step[:, -1] >= 0)
+  assert np.all(np.isfinite(metrics.param_norm))  # frozen at the last finite values

@@ -15,7 +15,8 @@ def _rows():
       rows.append({"intervention": "baseline", "seed": seed, "task": task,
                    "train_loss": 1.0, "train_accuracy": a, "dead_fraction": 0.1 * task,
                    "dormant_fraction": 0.0, "linearized_fraction": 0.0,
-                   "effective_rank": 1.0, "srank": 1, "param_norm": 10.0 + seed})
+                   "effective_rank": 1.0, "srank": 1, "param_norm": 10.0 + seed,
+                   "diverged": 0, "diverged_task": -1, "diverged_step": -1})
   return rows
 
 
@@ -51,9 +52,31 @@ def test_metrics_to_rows_flattens_layers():
       train_loss=z, train_accuracy=z + 0.5, dead_fraction=z, dormant_fraction=z,
       linearized_fraction=z, effective_rank=z, srank=z.astype(int), param_norm=z,
       layer_param_norm={"dense_0": z + 1, "head": z + 2},
-      layer_dead_fraction=np.arange(12.0).reshape(2, 3, 2))
+      layer_dead_fraction=np.arange(12.0).reshape(2, 3, 2),
+      diverged_task=np.array([[-1, -1, -1], [-1, 1, 1]]),
+      diverged_step=np.array([[-1, -1, -1], [-1, 4, 4]]))
   rows = results.metrics_to_rows("ln", metrics, [5, 6])
   assert len(rows) == 6
   assert rows[4]["seed"] == 6 and rows[4]["task"] == 1
   assert rows[4]["param_norm_head"] == 2.0
   assert rows[4]["dead_fraction_layer1"] == 9.0  # [seed 1, task 1, layer 1]
+  assert rows[4]["diverged"] == 1 and rows[4]["diverged_step"] == 4
+  assert rows[3]["diverged"] == 0
+
+
+def test_diverged_seeds_are_counted_and_excluded_from_means():
+  rows = _rows()
+  for r in rows:
+    r["diverged_task"] = r["diverged_step"] = -1
+    if r["seed"] == 1 and r["task"] >= 2:
+      r["diverged_task"], r["diverged_step"] = 2, 17
+  s = results.summarize(rows, ["baseline"])["interventions"]["baseline"]
+  assert s["num_diverged"] == 1 and s["diverged"] == [{"seed": 1, "task": 2, "step": 17}]
+  assert s["plasticity_loss"] == pytest.approx(0.3)  # seed 0 alone
+  assert s["first_task_accuracy"] == pytest.approx(0.9)
+  for r in rows:
+    r["diverged_task"] = 0
+  s = results.summarize(rows, ["baseline"])["interventions"]["baseline"]
+  assert s["num_diverged"] == 2 and s["plasticity_loss"] is None
+  assert "n/a" in results.format_table({"interventions": {"baseline": s}})
+  json.dumps(s, allow_nan=False)  # valid JSON: no NaN

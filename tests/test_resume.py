@@ -1,0 +1,60 @@
+"""Long runs survive: a SIGKILLed run resumes to the very same results."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--config=configs/shift.py", "--config.num_examples=200", "--config.num_tasks=6",
+        "--config.steps_per_task=40", "--config.batch_size=16", "--config.num_seeds=2",
+        "--config.tasks_per_chunk=1", "--config.model.width=24",
+        "--config.probes.batch_size=32", "--config.interventions=baseline,layer_norm"]
+
+
+def _cmd(workdir):
+  return [sys.executable, "-m", "experiments.synthetic", *ARGS, f"--workdir={workdir}"]
+
+
+def _run(workdir):
+  proc = subprocess.run(_cmd(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  return proc
+
+
+def test_sigkill_then_resume_gives_identical_results(tmp_path):
+  reference = tmp_path / "reference"
+  _run(reference)
+
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  # Kill once the second intervention is part-way: one finished, one partial.
+  partial = workdir / "checkpoints" / "layer_norm" / "2"
+  deadline = time.time() + 300
+  while not partial.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "run finished before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "summary.json").exists()
+
+  resumed = _run(workdir)
+  assert "[baseline] resumed from checkpoint after task 6/6" in resumed.stdout
+  assert "[layer_norm] resumed from checkpoint after task" in resumed.stdout
+  for name in ("metrics.csv", "summary.json"):
+    assert (workdir / name).read_bytes() == (reference / name).read_bytes(), name
+  leftovers = [p.name for p in workdir.iterdir() if p.name.startswith(".tmp-")]
+  assert not leftovers
+
+
+def test_workdir_with_another_config_is_refused(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"num_tasks": 99}')
+  proc = subprocess.run(_cmd(workdir), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 2
+  assert "different config" in proc.stderr and "num_tasks" in proc.stderr
+  assert (workdir / "config.json").read_text() == '{"num_tasks": 99}'  # not overwritten
