@@ -84,9 +84,10 @@ class TrainState:
   task_index: jax.Array  # int32: index of the current task.
   step_index: jax.Array  # int32: step within the current task.
   rng: jax.Array         # the seed's key; per-task keys are folded from it.
-  # Where the seed first produced a non-finite loss or parameters (-1: never).
-  # From then on the seed is frozen: its parameters and optimizer state keep
-  # their last finite values while the other seeds of the program carry on.
+  # Where the seed first produced a non-finite loss (checked every step) or
+  # non-finite parameters (checked at the end of every task); -1: never. From
+  # then on the seed is frozen (no update is applied to its parameters or
+  # optimizer state) while the other seeds of the program carry on.
   diverged_task: jax.Array
   diverged_step: jax.Array
 
@@ -152,8 +153,10 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
                key: jax.Array):
   """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy)).
 
-  A step whose loss or new parameters are not finite is not applied, and it
-  marks the seed diverged; a diverged seed takes no further steps.
+  A step whose loss is not finite is not applied and marks the seed diverged;
+  a diverged seed takes no further steps. (Checking the loss, a scalar, lets
+  XLA fuse the guard into the update; the parameters are checked once per task
+  in `run_task`.)
   """
   idx = jax.random.randint(key, (spec.batch_size,), 0, data.images.shape[0])
   x, y = shifts.apply_task(state.task, _inputs(data.images[idx]), idx)
@@ -166,7 +169,7 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-  newly_diverged = ~state.diverged & ~(jnp.isfinite(loss) & _all_finite(params))
+  newly_diverged = ~state.diverged & ~jnp.isfinite(loss)
   apply = ~state.diverged & ~newly_diverged
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
   state = state.replace(
@@ -204,6 +207,10 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
                                spec.steps_per_task)
   step = functools.partial(train_step, spec, hp, data)
   state, (losses, accuracies) = jax.lax.scan(step, state, step_keys)
+  bad_params = ~state.diverged & ~_all_finite(state.params)
+  state = state.replace(
+      diverged_task=jnp.where(bad_params, state.task_index, state.diverged_task),
+      diverged_step=jnp.where(bad_params, spec.steps_per_task - 1, state.diverged_step))
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
   metrics = TaskMetrics(train_loss=jnp.mean(losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),

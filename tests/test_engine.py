@@ -147,7 +147,26 @@ def test_divergent_seed_is_frozen_and_marked_while_others_carry_on(config):
 def test_large_learning_rate_divergence_is_detected_mid_run(config):
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 1e6
-  metrics = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
-  assert np.all(metrics.diverged_task[:, -1] >= 0)
-  assert np.all(metrics.diverged_step[:, -1] >= 0)
-  assert np.all(np.isfinite(metrics.param_norm))  # frozen at the last finite values
+  _, data, _, spec, hp = _setup(config)
+  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  states, first = engine.run_tasks(states, data, hp, spec=spec, num_tasks=1)
+  assert np.all(first.diverged_task[:, 0] == 0)
+  assert np.all((first.diverged_step >= 0) & (first.diverged_step < config.steps_per_task))
+  before = jax.device_get(states.params)
+  states, later = engine.run_tasks(states, data, hp, spec=spec, num_tasks=1)
+  np.testing.assert_array_equal(later.diverged_step, first.diverged_step)  # first mark kept
+  chex.assert_trees_all_equal(jax.device_get(states.params), before)  # frozen
+
+
+def test_non_finite_parameters_that_leave_the_loss_finite_are_caught_at_task_end(config):
+  config.optimizer.weight_decay_mask = "kernels"  # 0 * -inf decay would turn it into NaN
+  _, data, _, spec, hp = _setup(config)
+  states = engine.init_states(engine.seed_keys(config, 2), data, hp, spec=spec)
+  # A -inf bias makes seed 0's unit 0 dead (relu(-inf) = 0) but leaves the loss finite.
+  bias = states.params["dense_0"]["bias"].at[0, 0].set(-jnp.inf)
+  states = states.replace(params={**states.params,
+                                  "dense_0": {**states.params["dense_0"], "bias": bias}})
+  _, metrics = engine.run_tasks(states, data, hp, spec=spec, num_tasks=1)
+  assert np.all(np.isfinite(metrics.train_loss))
+  np.testing.assert_array_equal(metrics.diverged_task[:, 0], [0, -1])
+  np.testing.assert_array_equal(metrics.diverged_step[:, 0], [config.steps_per_task - 1, -1])
