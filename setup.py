@@ -27,6 +27,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],
+        # The PyTorch reference of benchmarks/throughput.py; the CPU build.
+        "bench": ["torch==2.13.0"],
     },
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.steps_per_task = 300
   config.batch_size = 128
   config.num_seeds = 3
-  config.tasks_per_chunk = 5     # Progress is printed after every chunk of tasks.
+  config.tasks_per_chunk = 5     # Progress and checkpoints after every chunk of tasks.
+  config.shard_seeds = True      # Split the seeds over every device (a no-op on one).
   config.accuracy_window = 0.1   # train_accuracy: mean over this last fraction of a task.
 
   # Interventions: comma-separated names from plastix.interventions.
@@ -46,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depth = 2
   config.model.width = 256
   config.model.norm = "none"    # Set to "layer" by the layer_norm intervention.
+  config.model.dtype = "float32"  # Matmul dtype: "float32" or "bfloat16" (params stay f32).
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"
@@ -57,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay_mask = "all"     # "all" or "kernels".
 
   config.probes = ml_collections.ConfigDict()
+  config.probes.enabled = True     # False: -1 in every probe column (timing runs).
   config.probes.batch_size = 512   # Fixed probe batch: the first N training images.
   config.probes.dormant_tau = 0.025
   config.probes.srank_delta = 0.01

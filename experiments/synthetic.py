@@ -135,7 +135,13 @@ def main(argv):
   resuming = _check_resumable(workdir, config_dict)
   _prepare_workdir(workdir)
 
-  from plastix import engine, plotting, runner  # pylint: disable=g-import-not-at-top
+  from plastix import engine, plotting, runner, sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.seed_mesh() if config.shard_seeds else None
+  if mesh is not None:
+    try:
+      sharding.check_divisible(config.num_seeds, mesh)
+    except ValueError as e:
+      _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
   if not resuming:
     results.write_json(os.path.join(workdir, "config.json"), config_dict)
     results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
@@ -150,7 +156,7 @@ def main(argv):
   for name in names:
     metrics = runner.run_intervention(
         config, name, data, num_classes, progress=lambda line: print(line, flush=True),
-        checkpoint_dir=os.path.join(workdir, "checkpoints", name))
+        checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
     rows.extend(results.metrics_to_rows(name, metrics, seeds))
     results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 

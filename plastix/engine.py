@@ -55,6 +55,7 @@ class EngineSpec:
   random_initial_labels: bool
   dormant_tau: float
   srank_delta: float
+  run_probes: bool = True  # False fills probe metrics with -1 (to time training alone).
 
 
 @flax.struct.dataclass
@@ -184,6 +185,7 @@ def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData) -> dict:
   """The mechanism probes on the fixed probe batch under the current task's inputs."""
   x, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]), data.probe_index)
   _, preacts, acts = models.hidden_features(spec.model, params, x)
+  preacts, acts = ([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts))
   units = jnp.array([a.shape[-1] for a in acts], jnp.float32)
   weight = units / jnp.sum(units)
   layer_dead = jnp.stack([probes.dormant_fraction(a, 0.0) for a in acts])
@@ -212,11 +214,16 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
       diverged_task=jnp.where(bad_params, state.task_index, state.diverged_task),
       diverged_step=jnp.where(bad_params, spec.steps_per_task - 1, state.diverged_step))
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
+  probe_fn = functools.partial(probe, spec, state.params, state.task, data)
+  if spec.run_probes:
+    probe_values = probe_fn()
+  else:
+    probe_values = jax.tree.map(lambda s: jnp.full(s.shape, -1, s.dtype),
+                                jax.eval_shape(probe_fn))
   metrics = TaskMetrics(train_loss=jnp.mean(losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),
                         diverged_task=state.diverged_task,
-                        diverged_step=state.diverged_step,
-                        **probe(spec, state.params, state.task, data))
+                        diverged_step=state.diverged_step, **probe_values)
   next_index = state.task_index + 1
   next_task = shifts.switch_task(spec.shift, _stream(state.rng, _TASK_STREAM, next_index),
                                  state.task, _shift_context(spec, hp, data))
@@ -265,7 +272,7 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
   """The static part of a (resolved, single-intervention) config."""
   m = config.model
   model = models.MLP(hidden_sizes=(m.width,) * m.depth, num_outputs=num_classes,
-                     norm=m.norm)
+                     norm=m.norm, dtype=m.dtype)
   return EngineSpec(
       model=model, optimizer=config.optimizer.name,
       weight_decay_mask=config.optimizer.weight_decay_mask, shift=config.shift,
@@ -274,7 +281,8 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       accuracy_steps=accuracy_steps(config),
       random_initial_labels=config.shift_params.initial_labels == "random",
       dormant_tau=float(config.probes.dormant_tau),
-      srank_delta=float(config.probes.srank_delta))
+      srank_delta=float(config.probes.srank_delta),
+      run_probes=bool(config.probes.enabled))
 
 
 def accuracy_steps(config: ml_collections.ConfigDict) -> int:

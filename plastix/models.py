@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 NORMS = ("none", "layer")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class MLP(nn.Module):
@@ -25,25 +26,31 @@ class MLP(nn.Module):
     num_outputs: size of the linear head.
     norm: "none" or "layer" (LayerNorm on the preactivations, before the ReLU,
       as in Lyle et al., 2024).
+    dtype: "float32" or "bfloat16": the dtype of the layers' computation. The
+      parameters stay float32 and the logits are returned as float32.
   """
 
   hidden_sizes: Sequence[int]
   num_outputs: int
   norm: str = "none"
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.norm not in NORMS:
       raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {tuple(DTYPES)}")
+    dtype = DTYPES[self.dtype]
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden_sizes):
-      h = nn.Dense(width, name=f"dense_{i}")(x)
+      h = nn.Dense(width, dtype=dtype, name=f"dense_{i}")(x)
       if self.norm == "layer":
-        h = nn.LayerNorm(name=f"norm_{i}")(h)
+        h = nn.LayerNorm(dtype=dtype, name=f"norm_{i}")(h)
       self.sow("intermediates", "preactivations", h)
       x = nn.relu(h)
       self.sow("intermediates", "activations", x)
-    return nn.Dense(self.num_outputs, name="head")(x)
+    return nn.Dense(self.num_outputs, dtype=dtype, name="head")(x).astype(jnp.float32)
 
 
 def hidden_features(model: nn.Module, params, x: jax.Array):

@@ -18,6 +18,7 @@ import numpy as np
 from plastix import checkpointing
 from plastix import engine
 from plastix import interventions
+from plastix import sharding
 
 
 def chunk_length(num_tasks: int, tasks_per_chunk: int) -> int:
@@ -35,12 +36,15 @@ def _concat_tasks(parts):
 def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.TrainData,
                      num_classes: int,
                      progress: Callable[[str], None] | None = None,
-                     checkpoint_dir: str | None = None) -> engine.TaskMetrics:
+                     checkpoint_dir: str | None = None,
+                     mesh: jax.sharding.Mesh | None = None) -> engine.TaskMetrics:
   """Trains every seed of `config` under intervention `name`.
 
   With `checkpoint_dir`, the state and metrics are saved after every chunk of
   tasks and a later call continues from the newest checkpoint there; the
-  result is the same, bit for bit, as a run never interrupted.
+  result is the same, bit for bit, as a run never interrupted. With `mesh`
+  (see `plastix.sharding`), the seeds are split over its devices and the data
+  and hyperparameters replicated.
 
   Returns `engine.TaskMetrics` as numpy arrays with leading axes [seed, task].
   """
@@ -50,7 +54,12 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
   chunk = chunk_length(resolved.num_tasks, resolved.tasks_per_chunk)
   run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   start = time.perf_counter()
-  states = engine.init_states(engine.seed_keys(resolved), data, hp, spec=spec)
+  keys = engine.seed_keys(resolved)
+  if mesh is not None:
+    sharding.check_divisible(resolved.num_seeds, mesh)
+    keys, data, hp = (sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh),
+                      sharding.replicate(hp, mesh))
+  states = engine.init_states(keys, data, hp, spec=spec)
   chunks, done = [], 0
   ckpt = checkpointing.Checkpointer(checkpoint_dir) if checkpoint_dir else None
   if ckpt is not None and ckpt.latest_tasks_done() is not None:

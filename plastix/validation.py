@@ -83,6 +83,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config, "intervention_params.weight_decay", lambda v: v >= 0, "must be >= 0")
   _check(config, "model.name", _in(MODELS), f"choose one of {', '.join(MODELS)}")
   _check(config, "model.norm", _in(models.NORMS), f"choose one of {', '.join(models.NORMS)}")
+  _check(config, "model.dtype", _in(models.DTYPES), f"choose one of {', '.join(models.DTYPES)}")
   _check(config, "optimizer.name", _in(optim.OPTIMIZERS),
          f"choose one of {', '.join(optim.OPTIMIZERS)}")
   _check(config, "optimizer.learning_rate", lambda v: v > 0, "must be > 0")

@@ -170,3 +170,14 @@ def test_non_finite_parameters_that_leave_the_loss_finite_are_caught_at_task_end
   assert np.all(np.isfinite(metrics.train_loss))
   np.testing.assert_array_equal(metrics.diverged_task[:, 0], [0, -1])
   np.testing.assert_array_equal(metrics.diverged_step[:, 0], [config.steps_per_task - 1, -1])
+
+
+def test_bfloat16_matmuls_train(config):
+  config.model.dtype = "bfloat16"
+  config.shift, config.shift_params.initial_labels = "class_permutation", "true"
+  config.num_tasks, config.steps_per_task, config.tasks_per_chunk = 2, 150, 1
+  config.optimizer.learning_rate = 3e-3
+  metrics = runner.run_intervention(config, "layer_norm", *engine.load_train_data(config))
+  assert np.all(np.isfinite(metrics.train_loss)) and np.all(metrics.diverged_task == -1)
+  assert np.all(metrics.train_loss[:, 0] < 0.7 * np.log(10))  # well below chance: it learns
+  assert np.all(metrics.train_accuracy[:, 0] > 0.5)

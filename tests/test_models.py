@@ -39,3 +39,14 @@ def test_unknown_norm_is_named():
   with pytest.raises(ValueError, match="unknown norm 'group'"):
     models.MLP(hidden_sizes=(4,), num_outputs=2, norm="group").init(
         jax.random.PRNGKey(0), jnp.ones((1, 3)))
+
+
+def test_bfloat16_computes_in_bf16_and_returns_f32_logits():
+  model = models.MLP(hidden_sizes=(8,), num_outputs=3, dtype="bfloat16")
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  assert params["dense_0"]["kernel"].dtype == jnp.float32
+  logits, (pre,), _ = models.hidden_features(model, params, x)
+  assert pre.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+  ref = models.MLP(hidden_sizes=(8,), num_outputs=3).apply({"params": params}, x)
+  np.testing.assert_allclose(logits, ref, rtol=0.05, atol=0.05)

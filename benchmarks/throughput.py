@@ -1,0 +1,236 @@
+r"""Throughput of plastix's engine against the usual ways of running the same study.
+
+  python -m benchmarks.throughput [--steps=600] [--seeds=1,8] [--widths=256,32]
+
+Every cell runs in its own subprocess (so peak memory is its own) on the same
+workload: a depth-2 ReLU MLP on 784-pixel inputs, Adam (lr 1e-3), batch 128,
+minibatches sampled uniformly from 1,000 Fashion-MNIST images whose labels are
+reset every 300 steps. Modes:
+
+* ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
+  probes at every task end (``engine_noprobe``: the same without probes);
+* ``jax_loop``: the same flax model and optax optimizer, a jitted update per
+  step called from a Python loop with numpy minibatches, seeds one after another;
+* ``torch``: a PyTorch eager reference (same model, Adam, batch size and
+  sampling), seeds one after another; needs ``pip install torch==2.13.0``.
+
+It also measures the machine's dense float32 matmul peak (jnp.dot of 2048^2
+matrices) to report model-FLOPs utilisation: MFU = seed-steps/s * 6 * B *
+sum(fan_in * fan_out) / peak. Results print as a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_MODE = flags.DEFINE_string("mode", None, "Internal: run one cell and print JSON.")
+_STEPS = flags.DEFINE_integer("steps", 600, "Training steps per seed (multiple of 300).")
+_SEEDS = flags.DEFINE_list("seeds", ["1", "8"], "Seed counts to measure.")
+_WIDTHS = flags.DEFINE_list("widths", ["256", "32"], "MLP widths to measure.")
+_WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
+_NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
+
+BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
+MODES = ("engine", "engine_noprobe", "jax_loop", "torch")
+
+
+def model_flops_per_step(width: int) -> float:
+  """Forward + backward FLOPs of one step: 6 * batch * sum of fan_in * fan_out."""
+  dims = [INPUT_DIM] + [width] * DEPTH + [CLASSES]
+  return 6.0 * BATCH * sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def _peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _config(width: int, num_seeds: int, num_tasks: int):
+  from configs import shift  # pylint: disable=g-import-not-at-top
+  config = shift.get_config()
+  config.model.width, config.model.depth = width, DEPTH
+  config.num_seeds, config.num_tasks = num_seeds, num_tasks
+  config.steps_per_task, config.batch_size = STEPS_PER_TASK, BATCH
+  config.num_examples = EXAMPLES
+  return config
+
+
+def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from plastix import engine  # pylint: disable=g-import-not-at-top
+  num_tasks = steps // STEPS_PER_TASK
+  config = _config(width, num_seeds, num_tasks)
+  config.probes.enabled = probes
+  data, num_classes = engine.load_train_data(config)
+  spec = engine.engine_spec(config, num_classes, data.images.shape[1])
+  hp = engine.hparams(config)
+  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  start = time.perf_counter()
+  compiled = engine.run_tasks.lower(states, data, hp, spec=spec, num_tasks=num_tasks).compile()
+  compile_s = time.perf_counter() - start
+  jax.block_until_ready(compiled(states, data, hp))  # warm-up (states are donated)
+  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(states, data, hp))
+  run_s = time.perf_counter() - start
+  return {"compile_s": compile_s, "run_s": run_s}
+
+
+def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from plastix import data as data_lib, models  # pylint: disable=g-import-not-at-top
+  ds = data_lib.load("fashion_mnist_small", "train")
+  images = ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0
+  model = models.MLP(hidden_sizes=(width,) * DEPTH, num_outputs=CLASSES)
+  tx = optax.adam(1e-3)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  compile_s, run_s = 0.0, 0.0
+  for seed in range(num_seeds):
+    rng = np.random.default_rng(seed)
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, INPUT_DIM)))["params"]
+    opt_state = tx.init(params)
+    if seed == 0:
+      start = time.perf_counter()
+      jax.block_until_ready(step(params, opt_state, images[:BATCH], np.zeros(BATCH, np.int32)))
+      compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for t in range(steps):
+      if t % STEPS_PER_TASK == 0:
+        labels = rng.integers(0, CLASSES, EXAMPLES).astype(np.int32)
+      idx = rng.integers(0, EXAMPLES, BATCH)
+      params, opt_state, loss = step(params, opt_state, images[idx], labels[idx])
+    jax.block_until_ready(loss)
+    run_s += time.perf_counter() - start
+  return {"compile_s": compile_s, "run_s": run_s}
+
+
+def run_torch(width: int, num_seeds: int, steps: int) -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from plastix import data as data_lib  # pylint: disable=g-import-not-at-top
+  ds = data_lib.load("fashion_mnist_small", "train")
+  images = torch.from_numpy(
+      ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0)
+  run_s = 0.0
+  for seed in range(num_seeds):
+    torch.manual_seed(seed)
+    layers, fan_in = [], INPUT_DIM
+    for _ in range(DEPTH):
+      layers += [torch.nn.Linear(fan_in, width), torch.nn.ReLU()]
+      fan_in = width
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(fan_in, CLASSES))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    for t in range(steps):
+      if t % STEPS_PER_TASK == 0:
+        labels = torch.randint(0, CLASSES, (EXAMPLES,))
+      idx = torch.randint(0, EXAMPLES, (BATCH,))
+      loss = loss_fn(net(images[idx]), labels[idx])
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+    run_s += time.perf_counter() - start
+  return {"compile_s": 0.0, "run_s": run_s, "torch": torch.__version__,
+          "torch_threads": torch.get_num_threads()}
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, a))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(dot(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n ** 3 / best
+
+
+def task_scaling(width: int, num_seeds: int) -> dict:
+  """Compilations and peak memory for a run of 2 chunks vs one of 20 chunks."""
+  from plastix import engine, runner  # pylint: disable=g-import-not-at-top
+  out = {}
+  for num_tasks in (2, 20):
+    config = _config(width, num_seeds, num_tasks)
+    config.steps_per_task, config.tasks_per_chunk = 30, 1
+    data, num_classes = engine.load_train_data(config)
+    runner.run_intervention(config, "baseline", data, num_classes)
+    out[f"compiled_programs_after_{num_tasks}_tasks"] = engine.run_tasks._cache_size()
+    out[f"peak_rss_mib_after_{num_tasks}_tasks"] = round(_peak_rss_mib(), 1)
+  return out
+
+
+def _cell(mode: str, width: int, num_seeds: int, steps: int) -> dict:
+  env = dict(os.environ)
+  cmd = [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}", f"--width={width}",
+         f"--num_seeds={num_seeds}", f"--steps={steps}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+  if proc.returncode != 0:
+    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  if _MODE.value:
+    runners = {"engine": run_engine, "jax_loop": run_jax_loop, "torch": run_torch,
+               "engine_noprobe": lambda w, s, n: run_engine(w, s, n, probes=False),
+               "matmul": lambda w, s, n: {"flops": matmul_peak_flops()},
+               "scaling": lambda w, s, n: task_scaling(w, s)}
+    out = runners[_MODE.value](_WIDTH.value, _NSEEDS.value, _STEPS.value)
+    out["peak_rss_mib"] = _peak_rss_mib()
+    print(json.dumps(out))
+    return
+
+  steps = _STEPS.value
+  peak = _cell("matmul", 0, 1, steps)["flops"]
+  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {steps} steps per seed\n")
+  print("| width | seeds | mode | seed-steps/s | vs torch | vs jax_loop | MFU | compile s "
+        "| peak RSS MiB |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for width in map(int, _WIDTHS.value):
+    for num_seeds in map(int, _SEEDS.value):
+      cells = {m: _cell(m, width, num_seeds, steps) for m in MODES}
+      rate = {m: num_seeds * steps / c["run_s"] for m, c in cells.items() if "run_s" in c}
+      for mode, c in cells.items():
+        if "error" in c:
+          print(f"| {width} | {num_seeds} | {mode} | n/a ({c['error']}) | | | | | |")
+          continue
+        ratio = lambda ref: f"{rate[mode] / rate[ref]:.2f}x" if ref in rate else "n/a"
+        mfu = rate[mode] * model_flops_per_step(width) / peak
+        print(f"| {width} | {num_seeds} | {mode} | {rate[mode]:.0f} | {ratio('torch')} | "
+              f"{ratio('jax_loop')} | {100 * mfu:.1f}% | {c['compile_s']:.2f} | "
+              f"{c['peak_rss_mib']:.0f} |", flush=True)
+      if "engine" in rate and "engine_noprobe" in rate:
+        print(f"|  |  | probe cost | {100 * (rate['engine_noprobe'] / rate['engine'] - 1):.1f}% "
+              "of training time | | | | | |", flush=True)
+  scaling = _cell("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]), steps)
+  print("\ntask scaling (2 vs 20 tasks of the same chunk program): " + json.dumps(scaling))
+
+
+if __name__ == "__main__":
+  app.run(main)

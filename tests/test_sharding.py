@@ -1,0 +1,46 @@
+"""Seeds sharded over several devices give the single-device metrics."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import jax, numpy as np, chex
+    from tests.conftest import tiny_config
+    from plastix import engine, runner, sharding
+    assert jax.device_count() == 4, jax.devices()
+    config = tiny_config()
+    config.num_seeds = 4
+    data, num_classes = engine.load_train_data(config)
+    mesh = sharding.seed_mesh()
+    keys = sharding.shard_seeds(engine.seed_keys(config), mesh)
+    assert len(keys.sharding.device_set) == 4
+    hp = sharding.replicate(engine.hparams(config), mesh)
+    spec = engine.engine_spec(config, num_classes, data.images.shape[1])
+    states = engine.init_states(keys, sharding.replicate(data, mesh), hp, spec=spec)
+    assert len(states.params["head"]["kernel"].sharding.device_set) == 4
+    assert states.params["head"]["kernel"].addressable_shards[0].data.shape[0] == 1
+    sharded = runner.run_intervention(config, "layer_norm", data, num_classes, mesh=mesh)
+    single = runner.run_intervention(config, "layer_norm", data, num_classes,
+                                     mesh=sharding.seed_mesh(jax.devices()[:1]))
+    chex.assert_trees_all_close(sharded, single, rtol=2e-5, atol=1e-6)
+    try:
+      sharding.check_divisible(4, sharding.seed_mesh(jax.devices()[:3]))
+      raise SystemExit("4 seeds on 3 devices were not refused")
+    except ValueError as e:
+      assert "do not split evenly over 3 devices" in str(e), e
+    print("ok")
+""")
+
+
+def test_sharded_seeds_match_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "ok" in proc.stdout
+
