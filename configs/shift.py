@@ -35,6 +35,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_seeds = 3
   config.tasks_per_chunk = 5     # Progress and checkpoints after every chunk of tasks.
   config.shard_seeds = True      # Split the seeds over every device (a no-op on one).
+
+  # Multi-process jobs (one process per host): jax.distributed.initialize() with
+  # these arguments; "" / -1 let JAX detect them (SLURM, Open MPI, TPU pods).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ""
+  config.distributed.num_processes = -1
+  config.distributed.process_id = -1
   config.accuracy_window = 0.1   # train_accuracy: mean over this last fraction of a task.
 
   # Interventions: comma-separated names from plastix.interventions.

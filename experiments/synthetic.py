@@ -109,6 +109,21 @@ def _run_info() -> dict:
           "devices": [str(d) for d in jax.devices()], "argv": sys.argv}
 
 
+def _initialize_distributed(config) -> None:
+  """jax.distributed.initialize() from config.distributed (auto-detected where unset)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  d = config.distributed
+  # Cross-process collectives for CPU devices; GPUs and TPUs use their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(
+        coordinator_address=d.coordinator_address or None,
+        num_processes=None if d.num_processes < 0 else d.num_processes,
+        process_id=None if d.process_id < 0 else d.process_id)
+  except (ValueError, RuntimeError) as e:
+    _fail(f"config.distributed: cannot start a multi-process job ({str(e).splitlines()[0]})")
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}")
@@ -129,37 +144,49 @@ def main(argv):
   except (validation.ConfigError, data_lib.DataError) as e:
     _fail(str(e))
 
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  workdir = _WORKDIR.value or os.path.join("runs", f"{config.name}-{stamp}")
-  config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
-  resuming = _check_resumable(workdir, config_dict)
-  _prepare_workdir(workdir)
-
-  from plastix import engine, plotting, runner, sharding  # pylint: disable=g-import-not-at-top
+  if config.distributed.enabled:
+    if not _WORKDIR.value:
+      _fail("--workdir: a multi-process job needs a workdir shared by every process")
+    _initialize_distributed(config)
+  import jax  # pylint: disable=g-import-not-at-top
+  primary = jax.process_index() == 0  # Only process 0 writes results and prints.
+  say = (lambda line: print(line, flush=True)) if primary else (lambda line: None)
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.seed_mesh() if config.shard_seeds else None
   if mesh is not None:
     try:
       sharding.check_divisible(config.num_seeds, mesh)
     except ValueError as e:
       _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
-  if not resuming:
+
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  workdir = _WORKDIR.value or os.path.join("runs", f"{config.name}-{stamp}")
+  config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
+  resuming = _check_resumable(workdir, config_dict)
+  _prepare_workdir(workdir)
+
+  from plastix import engine, plotting, runner  # pylint: disable=g-import-not-at-top
+  if primary and not resuming:
     results.write_json(os.path.join(workdir, "config.json"), config_dict)
     results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
 
   data, num_classes = engine.load_train_data(config)
-  print(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
-        f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
-        f"{config.num_seeds} seeds, interventions {', '.join(names)}", flush=True)
+  say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
+      f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
+      f"{config.num_seeds} seeds, interventions {', '.join(names)}")
   start = time.perf_counter()
   rows = []
   seeds = list(range(config.num_seeds))
   for name in names:
     metrics = runner.run_intervention(
-        config, name, data, num_classes, progress=lambda line: print(line, flush=True),
+        config, name, data, num_classes, progress=say,
         checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
     rows.extend(results.metrics_to_rows(name, metrics, seeds))
-    results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
+    if primary:
+      results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 
+  if not primary:
+    return
   summary = results.summarize(rows, names)
   results.write_json(os.path.join(workdir, "summary.json"), summary)
   plotting.plot_plasticity(rows, names, os.path.join(workdir, "plasticity.png"),

@@ -76,7 +76,7 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
       progress(f"[{name}] resumed from checkpoint after task {done}/{resolved.num_tasks}")
   while done < resolved.num_tasks:
     states, metrics = run_chunk(states, data, hp)
-    chunks.append(jax.device_get(metrics))
+    chunks.append(sharding.to_host(metrics))
     done += chunk
     if ckpt is not None:
       ckpt.save(done, states, _concat_tasks(chunks))

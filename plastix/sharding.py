@@ -31,11 +31,36 @@ def check_divisible(num_seeds: int, mesh: Mesh) -> None:
                      f"use a multiple of {mesh.size}")
 
 
+def _place(tree, sharding: NamedSharding):
+  """`jax.device_put`, or, on a mesh spanning several processes, a global array
+  built from the (identical) host value held by every process."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def place_leaf(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place_leaf, jax.device_get(tree))
+
+
 def shard_seeds(tree, mesh: Mesh):
   """Places every leaf of `tree` split along its leading (seed) axis over `mesh`."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(SEED_AXIS)))
+  return _place(tree, NamedSharding(mesh, PartitionSpec(SEED_AXIS)))
 
 
 def replicate(tree, mesh: Mesh):
   """Places a full copy of every leaf of `tree` on each device of `mesh`."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  return _place(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def to_host(tree):
+  """Numpy copies of every leaf, gathered from all processes when an array spans several."""
+
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(fetch, tree)
