@@ -83,3 +83,14 @@ def test_unwritable_workdir(tmp_path):
   proc = _run(*TINY, workdir=blocker / "sub")
   assert proc.returncode == 2
   assert "--workdir" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_seeds_that_do_not_split_over_the_devices_are_refused(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "experiments.synthetic", "--config=configs/shift.py",
+         "--config.num_seeds=3", f"--workdir={tmp_path / 'w'}"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 2
+  assert "config.num_seeds" in proc.stderr and "2 devices" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
