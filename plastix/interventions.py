@@ -17,6 +17,8 @@ from typing import Callable
 
 import ml_collections
 
+from plastix import composite
+
 
 def _baseline(config):
   return config
@@ -41,12 +43,7 @@ COMPONENTS: dict[str, Callable[[ml_collections.ConfigDict], ml_collections.Confi
 
 def parse(name: str) -> tuple[str, ...]:
   """The components of intervention `name`; ValueError names an unknown one."""
-  parts = tuple(p.strip() for p in name.split("+"))
-  for part in parts:
-    if part not in COMPONENTS:
-      raise ValueError(f"unknown intervention {part!r} in {name!r}; choose from "
-                       f"{', '.join(COMPONENTS)} (combine with '+')")
-  return parts
+  return composite.split_composite(name, COMPONENTS, "intervention")
 
 
 def parse_list(names: str) -> tuple[str, ...]:

@@ -25,6 +25,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from plastix import composite
+
 
 class Task(NamedTuple):
   """What defines one task: labels and an input permutation."""
@@ -75,12 +77,7 @@ SHIFTS: dict[str, ShiftFn] = {
 
 def parse_shift(name: str) -> tuple[str, ...]:
   """Splits ``"a+b"`` into its parts; raises ValueError naming an unknown part."""
-  parts = tuple(p.strip() for p in name.split("+"))
-  for part in parts:
-    if part not in SHIFTS:
-      raise ValueError(f"unknown shift {part!r}; choose from {', '.join(SHIFTS)} "
-                       "(combine with '+')")
-  return parts
+  return composite.split_composite(name, SHIFTS, "shift")
 
 
 def initial_task(key: jax.Array, ctx: ShiftContext, input_dim: int,

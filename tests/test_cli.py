@@ -32,6 +32,8 @@ def test_smoke_run_writes_every_output(tmp_path):
   for name in ("config.json", "run_info.json", "metrics.csv", "summary.json",
                "plasticity.png"):
     assert (workdir / name).stat().st_size > 0, name
+  info = json.loads((workdir / "run_info.json").read_text())
+  assert info["versions"]["jax"] and "git_revision" in info and info["devices"]
   config = json.loads((workdir / "config.json").read_text())
   assert config["num_tasks"] == 4 and config["model"]["width"] == 16
   rows = results.read_csv(str(workdir / "metrics.csv"))
@@ -56,6 +58,8 @@ def test_smoke_run_writes_every_output(tmp_path):
     (["--config.num_examples=100", "--config.batch_size=128"], "config.batch_size"),
     (["--config.num_examples=20000"], "config.num_examples"),
     (["--config.model.norm=group"], "config.model.norm"),
+    (["--config.model.name=resnet"], "config.model.name"),
+    (["--config.model.dtype=float8"], "config.model.dtype"),
     (["--config.optimizer.name=adamax"], "config.optimizer.name"),
     (["--config.shift_params.eps=1.5"], "config.shift_params.eps"),
     (["--config.num_tasks=three"], "num_tasks"),
