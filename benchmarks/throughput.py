@@ -22,8 +22,15 @@ after a warm-up; results print as a markdown table.
 
 from __future__ import annotations
 
-import json
 import os
+
+# The probes' SVDs run through LAPACK in OpenBLAS on CPU; its idle threads spin
+# and take cores from XLA's own threads, which measured ~30% slower training of
+# a small MLP. One OpenBLAS thread costs the probes nothing measurable. Set
+# before numpy or scipy load OpenBLAS; an explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json
 import platform
 import resource
 import subprocess

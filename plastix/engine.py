@@ -160,7 +160,8 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   in `run_task`.)
   """
   idx = jax.random.randint(key, (spec.batch_size,), 0, data.images.shape[0])
-  x, y = shifts.apply_task(state.task, _inputs(data.images[idx]), idx)
+  x, y = shifts.apply_task(state.task, _inputs(data.images[idx]), idx,
+                           shifts.permutes_inputs(spec.shift))
 
   def loss_fn(params):
     logits = spec.model.apply({"params": params}, x)
@@ -183,7 +184,8 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
 
 def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData) -> dict:
   """The mechanism probes on the fixed probe batch under the current task's inputs."""
-  x, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]), data.probe_index)
+  x, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]), data.probe_index,
+                           shifts.permutes_inputs(spec.shift))
   _, preacts, acts = models.hidden_features(spec.model, params, x)
   preacts, acts = ([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts))
   units = jnp.array([a.shape[-1] for a in acts], jnp.float32)

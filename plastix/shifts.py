@@ -97,16 +97,29 @@ def switch_task(name: str, key: jax.Array, task: Task, ctx: ShiftContext) -> Tas
   return task
 
 
-def apply_task(task: Task, x: jax.Array, example_index: jax.Array):
+INPUT_SHIFTS = frozenset({"pixel_permutation"})  # The shifts that change input_perm.
+
+
+def permutes_inputs(name: str) -> bool:
+  """Whether shift `name` ever changes `Task.input_perm` (else it stays the identity)."""
+  return any(part in INPUT_SHIFTS for part in parse_shift(name))
+
+
+def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
+               permute_inputs: bool = True):
   """Inputs and labels of examples `example_index` under `task`.
 
   Args:
     task: the current task.
     x: ``[B, ...]`` inputs of those examples (any float dtype).
     example_index: ``[B]`` int indices into the training set.
+    permute_inputs: False skips the gather by ``task.input_perm``, for a
+      sequence whose shift never changes it (see `permutes_inputs`).
 
   Returns:
     ``(x_task [B, D], y_task [B])``.
   """
-  x = x.reshape((x.shape[0], -1))[:, task.input_perm]
+  x = x.reshape((x.shape[0], -1))
+  if permute_inputs:
+    x = x[:, task.input_perm]
   return x, task.labels[example_index]

@@ -114,3 +114,18 @@ def test_tasks_chain_inside_scan():
 def test_unknown_shift_is_named():
   with pytest.raises(ValueError, match="unknown shift 'rotate'"):
     shifts.parse_shift("label_reset+rotate")
+
+
+def test_permutes_inputs_knows_which_shifts_touch_the_input():
+  assert shifts.permutes_inputs("pixel_permutation")
+  assert shifts.permutes_inputs("label_reset+pixel_permutation")
+  assert not shifts.permutes_inputs("label_reset+class_permutation")
+  # Without an input shift the permutation stays the identity, so skipping it is exact.
+  ctx = _ctx()
+  task = shifts.switch_task("label_reset+class_permutation", jax.random.PRNGKey(0),
+                            _task0(ctx), ctx)
+  np.testing.assert_array_equal(task.input_perm, np.arange(D))
+  x = jnp.arange(3 * D, dtype=jnp.float32).reshape(3, D)
+  idx = jnp.arange(3)
+  chex.assert_trees_all_equal(shifts.apply_task(task, x, idx),
+                              shifts.apply_task(task, x, idx, permute_inputs=False))
