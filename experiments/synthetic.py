@@ -79,6 +79,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+# How the job is laid out over processes: differs between the processes of one
+# job (process_id) and may change on resume without changing any result.
+_LAYOUT_FIELDS = ("distributed.",)
+
+
 def _check_resumable(workdir: str, config_dict: dict) -> bool:
   """True if `workdir` already holds this config's run; exits 2 on a different config."""
   path = os.path.join(workdir, "config.json")
@@ -90,7 +95,8 @@ def _check_resumable(workdir: str, config_dict: dict) -> bool:
   except (OSError, ValueError) as e:
     _fail(f"--workdir {workdir!r} has an unreadable config.json ({e}); use a new --workdir")
   old, new = _flatten(saved), _flatten(config_dict)
-  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  changed = sorted(k for k in old.keys() | new.keys()
+                   if old.get(k) != new.get(k) and not k.startswith(_LAYOUT_FIELDS))
   if changed:
     _fail(f"--workdir {workdir!r} holds a run with a different config "
           f"({', '.join(changed)}); use a new --workdir or the same config to resume")

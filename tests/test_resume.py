@@ -58,3 +58,12 @@ def test_workdir_with_another_config_is_refused(tmp_path):
   assert proc.returncode == 2
   assert "different config" in proc.stderr and "num_tasks" in proc.stderr
   assert (workdir / "config.json").read_text() == '{"num_tasks": 99}'  # not overwritten
+
+
+def test_job_layout_fields_do_not_block_a_resume(tmp_path):
+  workdir = tmp_path / "w"
+  _run(workdir)
+  proc = subprocess.run(_cmd(workdir) + ["--config.distributed.process_id=0"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert "[layer_norm] resumed from checkpoint after task 6/6" in proc.stdout
