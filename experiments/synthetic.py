@@ -29,6 +29,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -61,9 +62,8 @@ def _parse_flags(argv):
 def _prepare_workdir(path: str) -> None:
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, ".write-test")
-    with open(probe, "w") as f:
-      f.write("ok")
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")  # unique per process
+    os.close(fd)
     os.unlink(probe)
   except OSError as e:
     _fail(f"--workdir {path!r} cannot be written ({e.strerror or e})")

@@ -1,20 +1,9 @@
-"""A two-process job (jax.distributed on CPU) writes what a one-process run writes.
-
-Opt-in (PLASTIX_MULTIPROCESS_TESTS=1): on a loaded 2-core machine the two
-processes can reach orbax's first cross-process barrier more than gloo's fixed
-30 s apart, which fails the run with DEADLINE_EXCEEDED. Run it by hand on an
-idle machine.
-"""
+"""A two-process job (jax.distributed on CPU) writes what a one-process run writes."""
 
 import os
 import socket
 import subprocess
 import sys
-
-import pytest
-
-pytestmark = pytest.mark.skipif(not os.environ.get("PLASTIX_MULTIPROCESS_TESTS"),
-                                reason="opt-in: set PLASTIX_MULTIPROCESS_TESTS=1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/shift.py", "--config.num_examples=200", "--config.num_tasks=2",
