@@ -152,8 +152,8 @@ def main(argv):
   try:
     validation.validate(config)
     names = interventions.parse_list(config.interventions)
-    num_train = len(data_lib.load(config.dataset, "train", config.data_dir or None).labels)
-    validation.validate_against_data(config, num_train)
+    train_split = data_lib.load(config.dataset, "train", config.data_dir or None)
+    validation.validate_against_data(config, len(train_split.labels))
   except (validation.ConfigError, data_lib.DataError) as e:
     _fail(str(e))
 
@@ -183,7 +183,7 @@ def main(argv):
     results.write_json(os.path.join(workdir, "config.json"), config_dict)
     results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
 
-  data, num_classes = engine.load_train_data(config)
+  data, num_classes = engine.load_train_data(config, train_split)
   say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
       f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
       f"{config.num_seeds} seeds, interventions {', '.join(names)}")

@@ -259,9 +259,14 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
 # From a config to the engine's arguments.
 
 
-def load_train_data(config: ml_collections.ConfigDict) -> tuple[TrainData, int]:
-  """The config's training examples and probe batch as device arrays, and the class count."""
-  ds = data_lib.load(config.dataset, "train", config.data_dir or None)
+def load_train_data(config: ml_collections.ConfigDict,
+                    ds: data_lib.Dataset | None = None) -> tuple[TrainData, int]:
+  """The config's training examples and probe batch as device arrays, and the class count.
+
+  `ds` is the config's training split when the caller has loaded it already.
+  """
+  if ds is None:
+    ds = data_lib.load(config.dataset, "train", config.data_dir or None)
   n = config.num_examples or ds.images.shape[0]
   images = ds.images[:n].reshape(n, -1)
   probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
