@@ -145,6 +145,13 @@ def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -
                     diverged_task=minus_one, diverged_step=minus_one)
 
 
+def _mark_diverged(state: TrainState, newly_diverged: jax.Array, step) -> TrainState:
+  """Records (current task, `step`) as where the seed diverged, if `newly_diverged`."""
+  return state.replace(
+      diverged_task=jnp.where(newly_diverged, state.task_index, state.diverged_task),
+      diverged_step=jnp.where(newly_diverged, step, state.diverged_step))
+
+
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
                             if jnp.issubdtype(x.dtype, jnp.inexact)]))
@@ -174,11 +181,9 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   newly_diverged = ~state.diverged & ~jnp.isfinite(loss)
   apply = ~state.diverged & ~newly_diverged
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-  state = state.replace(
+  state = _mark_diverged(state, newly_diverged, state.step_index).replace(
       params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-      step_index=state.step_index + 1,
-      diverged_task=jnp.where(newly_diverged, state.task_index, state.diverged_task),
-      diverged_step=jnp.where(newly_diverged, state.step_index, state.diverged_step))
+      step_index=state.step_index + 1)
   return state, (loss, accuracy)
 
 
@@ -212,9 +217,7 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
   step = functools.partial(train_step, spec, hp, data)
   state, (losses, accuracies) = jax.lax.scan(step, state, step_keys)
   bad_params = ~state.diverged & ~_all_finite(state.params)
-  state = state.replace(
-      diverged_task=jnp.where(bad_params, state.task_index, state.diverged_task),
-      diverged_step=jnp.where(bad_params, spec.steps_per_task - 1, state.diverged_step))
+  state = _mark_diverged(state, bad_params, spec.steps_per_task - 1)
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
   probe_fn = functools.partial(probe, spec, state.params, state.task, data)
   if spec.run_probes:
