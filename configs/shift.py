@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.intervention_params = ml_collections.ConfigDict()
   config.intervention_params.weight_decay = 0.1   # Strength used by `weight_decay`.
 
+  # A grid over traced hyperparameters, trained in the same program as the seeds
+  # (see plastix.grid), e.g. "optimizer.learning_rate=1e-3,3e-4;shift_params.eps=0.1,1".
+  config.grid = ""
+
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"
   config.model.depth = 2

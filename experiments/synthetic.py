@@ -165,10 +165,12 @@ def main(argv):
   primary = jax.process_index() == 0  # Only process 0 writes results and prints.
   say = (lambda line: print(line, flush=True)) if primary else (lambda line: None)
   from plastix import sharding  # pylint: disable=g-import-not-at-top
+  from plastix import grid as grid_lib  # pylint: disable=g-import-not-at-top
+  points = grid_lib.points(config.grid)
   mesh = sharding.seed_mesh() if config.shard_seeds else None
   if mesh is not None:
     try:
-      sharding.check_divisible(config.num_seeds, mesh)
+      sharding.check_divisible(config.num_seeds * len(points), mesh)
     except ValueError as e:
       _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
 
@@ -184,9 +186,10 @@ def main(argv):
     results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
 
   data, num_classes = engine.load_train_data(config, train_split)
+  grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""
   say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
       f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
-      f"{config.num_seeds} seeds, interventions {', '.join(names)}")
+      f"{config.num_seeds} seeds, interventions {', '.join(names)}{grid_note}")
   start = time.perf_counter()
   rows = []
   seeds = list(range(config.num_seeds))
@@ -194,15 +197,16 @@ def main(argv):
     metrics = runner.run_intervention(
         config, name, data, num_classes, progress=say,
         checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
-    rows.extend(results.metrics_to_rows(name, metrics, seeds))
+    rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
     if primary:
       results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 
   if not primary:
     return
-  summary = results.summarize(rows, names)
+  conditions = grid_lib.conditions(names, config.grid)
+  summary = results.summarize(rows, conditions)
   results.write_json(os.path.join(workdir, "summary.json"), summary)
-  plotting.plot_plasticity(rows, names, os.path.join(workdir, "plasticity.png"),
+  plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
                            title=f"{config.name}: {config.shift} on {config.dataset}")
   print(f"\n{results.format_table(summary)}\n")
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)

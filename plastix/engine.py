@@ -236,26 +236,38 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
                        step_index=jnp.zeros_like(state.step_index)), metrics
 
 
+def _run_axes(hp: HParams):
+  """vmap axes of `hp`: 0 for leaves with a leading run axis, None for shared scalars."""
+  return jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hp)
+
+
 @functools.partial(jax.jit, static_argnames="spec")
 def init_states(rngs: jax.Array, data: TrainData, hp: HParams, *, spec: EngineSpec):
-  """`init_state` for a leading axis of seed keys."""
-  return jax.vmap(lambda r: init_state(spec, hp, data, r))(rngs)
+  """`init_state` for a leading axis of runs (seed keys).
+
+  `hp` is either shared by every run (scalar leaves) or has a leading run axis
+  like `rngs` (a hyperparameter grid, see `stack_hparams`).
+  """
+  return jax.vmap(lambda r, h: init_state(spec, h, data, r),
+                  in_axes=(0, _run_axes(hp)))(rngs, hp)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_tasks"), donate_argnums=0)
 def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineSpec,
               num_tasks: int):
-  """`num_tasks` tasks for every seed of `states` (leading axis): one program.
+  """`num_tasks` tasks for every run of `states` (leading axis): one program.
 
-  Returns the new states and `TaskMetrics` with leading axes [seed, task].
+  `hp` is shared (scalar leaves) or per run (a leading run axis, as in
+  `init_states`). Returns the new states and `TaskMetrics` with leading axes
+  [run, task].
   """
 
-  def one_seed(state):
-    state, metrics = jax.lax.scan(lambda s, _: run_task(spec, hp, data, s), state,
+  def one_run(state, run_hp):
+    state, metrics = jax.lax.scan(lambda s, _: run_task(spec, run_hp, data, s), state,
                                   None, length=num_tasks)
     return state, metrics
 
-  return jax.vmap(one_seed)(states)
+  return jax.vmap(one_run, in_axes=(0, _run_axes(hp)))(states, hp)
 
 
 # ----------------------------------------------------------------------------
@@ -306,6 +318,14 @@ def hparams(config: ml_collections.ConfigDict) -> HParams:
   return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
                  b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
                  shift_eps=f(config.shift_params.eps))
+
+
+def stack_hparams(points: list[HParams], repeats: int = 1) -> HParams:
+  """HParams with a leading run axis: each point repeated `repeats` times in a row.
+
+  With ``repeats = num_seeds`` run ``g * num_seeds + s`` is grid point g, seed s.
+  """
+  return jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), repeats), *points)
 
 
 def seed_keys(config: ml_collections.ConfigDict, num_seeds: int | None = None) -> jax.Array:

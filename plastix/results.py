@@ -16,6 +16,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from plastix import grid as grid_lib
+
 BASE_COLUMNS = (
     "intervention", "seed", "task", "train_loss", "train_accuracy", "dead_fraction",
     "dormant_fraction", "linearized_fraction", "effective_rank", "srank", "param_norm",
@@ -25,23 +27,31 @@ SUMMARY_KEYS = ("first_task_accuracy", "final_task_accuracy", "plasticity_loss",
 LAST_TASKS = 3  # plasticity_loss compares task 0 with the mean of this many last tasks.
 
 
-def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int]) -> list[dict]:
-  """One row per (seed, task) from `engine.TaskMetrics` with [seed, task] axes.
+def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
+                    points: Sequence[dict] = ({},)) -> list[dict]:
+  """One row per (run, task) from `engine.TaskMetrics` with [run, task] axes.
 
-  Per-layer values become extra columns ``param_norm_<module>`` and
-  ``dead_fraction_layer<i>``.
+  Run ``g * len(seeds) + s`` is grid point ``points[g]`` and seed ``seeds[s]``
+  (without a grid, ``points = ({},)`` and runs are seeds). Per-layer values
+  become extra columns ``param_norm_<module>`` and ``dead_fraction_layer<i>``;
+  with a grid, each row also gets ``hparams`` (the point's `grid.label`) and
+  one column per grid field.
   """
   m = {k: np.asarray(v) for k, v in metrics._asdict().items()
        if k not in ("layer_param_norm", "layer_dead_fraction")}
   layer_norms = {k: np.asarray(v) for k, v in metrics.layer_param_norm.items()}
   layer_dead = np.asarray(metrics.layer_dead_fraction)
-  num_seeds, num_tasks = m["train_loss"].shape
-  if len(seeds) != num_seeds:
-    raise ValueError(f"{len(seeds)} seed ids for {num_seeds} seeds")
+  num_runs, num_tasks = m["train_loss"].shape
+  if len(seeds) * len(points) != num_runs:
+    raise ValueError(f"{len(seeds)} seeds x {len(points)} grid points for {num_runs} runs")
   rows = []
-  for s in range(num_seeds):
+  for s in range(num_runs):
+    point = points[s // len(seeds)]
     for t in range(num_tasks):
-      row = {"intervention": intervention, "seed": int(seeds[s]), "task": t}
+      row = {"intervention": intervention, "seed": int(seeds[s % len(seeds)]), "task": t}
+      if point:
+        row["hparams"] = grid_lib.label(point)
+        row.update(point)
       row.update({k: v[s, t].item() for k, v in m.items()})
       row["diverged"] = int(row["diverged_task"] >= 0)
       row.update({f"param_norm_{k}": v[s, t].item() for k, v in layer_norms.items()})
@@ -96,7 +106,7 @@ def read_csv(path: str) -> list[dict]:
   for row in rows:
     parsed = {}
     for k, v in row.items():
-      if k == "intervention" or v == "":
+      if k in ("intervention", "hparams") or v == "":
         parsed[k] = v
       elif k in ("seed", "task"):
         parsed[k] = int(v)
@@ -106,9 +116,14 @@ def read_csv(path: str) -> list[dict]:
   return out
 
 
+def condition(row: dict) -> str:
+  """The row's intervention, with its grid point when there is one (`grid.condition`)."""
+  return grid_lib.condition(row["intervention"], row.get("hparams", ""))
+
+
 def per_seed_curves(rows: Sequence[dict], intervention: str, key: str) -> np.ndarray:
-  """``[seeds, tasks]`` array of column `key` for one intervention."""
-  sel = [r for r in rows if r["intervention"] == intervention]
+  """``[seeds, tasks]`` array of column `key` for one condition (see `condition`)."""
+  sel = [r for r in rows if condition(r) == intervention]
   seeds = sorted({r["seed"] for r in sel})
   tasks = sorted({r["task"] for r in sel})
   out = np.full((len(seeds), len(tasks)), np.nan)
@@ -133,7 +148,8 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
-  """summary.json's content: per intervention, means over seeds of
+  """summary.json's content: per condition (an intervention, or with a grid
+  ``"<intervention> [<grid point>]"``), means over seeds of
 
   * first_task_accuracy: train_accuracy on task 0;
   * final_task_accuracy: train_accuracy on the last task;
@@ -150,7 +166,7 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   for name in interventions:
     div_task = per_seed_curves(rows, name, "diverged_task")[:, -1]
     div_step = per_seed_curves(rows, name, "diverged_step")[:, -1]
-    seeds = sorted({r["seed"] for r in rows if r["intervention"] == name})
+    seeds = sorted({r["seed"] for r in rows if condition(r) == name})
     ok = ~diverged_seeds(rows, name)
     curve = lambda key, name=name: healthy_curves(rows, name, key)
     acc = curve("train_accuracy")
@@ -177,10 +193,11 @@ def format_table(summary: dict) -> str:
   """A fixed-width table of summary.json for the terminal."""
   header = ("intervention", "first_acc", "final_acc", "plast_loss", "dead_final",
             "norm_final", "diverged")
-  lines = [f"{header[0]:<28}" + "".join(f"{h:>12}" for h in header[1:])]
+  width = max([28] + [len(name) + 2 for name in summary["interventions"]])
+  lines = [f"{header[0]:<{width}}" + "".join(f"{h:>12}" for h in header[1:])]
   for name, s in summary["interventions"].items():
     vals = [s[k] for k in SUMMARY_KEYS]
-    lines.append(f"{name:<28}" + "".join(
+    lines.append(f"{name:<{width}}" + "".join(
         f"{v:>12.3f}" if v is not None and math.isfinite(v) else f"{'n/a':>12}"
         for v in vals) + f"{s['num_diverged']:>9d}/{s['num_seeds']}")
   if any(s["num_diverged"] for s in summary["interventions"].values()):

@@ -12,11 +12,13 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from plastix import checkpointing
 from plastix import engine
+from plastix import grid as grid_lib
 from plastix import interventions
 from plastix import sharding
 
@@ -38,27 +40,35 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
                      progress: Callable[[str], None] | None = None,
                      checkpoint_dir: str | None = None,
                      mesh: jax.sharding.Mesh | None = None) -> engine.TaskMetrics:
-  """Trains every seed of `config` under intervention `name`.
+  """Trains every seed of `config` under intervention `name`, at every grid point.
 
   With `checkpoint_dir`, the state and metrics are saved after every chunk of
   tasks and a later call continues from the newest checkpoint there; the
   result is the same, bit for bit, as a run never interrupted. With `mesh`
-  (see `plastix.sharding`), the seeds are split over its devices and the data
-  and hyperparameters replicated.
+  (see `plastix.sharding`), the runs are split over its devices and the data
+  replicated.
 
-  Returns `engine.TaskMetrics` as numpy arrays with leading axes [seed, task].
+  Every (grid point, seed) pair of `config.grid` (see `plastix.grid`) is one
+  run of the same program; seed s uses the same key at every grid point.
+
+  Returns `engine.TaskMetrics` as numpy arrays with leading axes [run, task],
+  run ``g * num_seeds + s`` for grid point g and seed s (just [seed, task]
+  without a grid).
   """
   resolved = interventions.apply(config, name)
   spec = engine.engine_spec(resolved, num_classes, data.images.shape[1])
-  hp = engine.hparams(resolved)
+  points = grid_lib.points(resolved.get("grid", ""))
+  hp = engine.stack_hparams(
+      [engine.hparams(grid_lib.apply_point(resolved, p)) for p in points],
+      repeats=resolved.num_seeds)
   chunk = chunk_length(resolved.num_tasks, resolved.tasks_per_chunk)
   run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   start = time.perf_counter()
-  keys = engine.seed_keys(resolved)
+  keys = jnp.tile(engine.seed_keys(resolved), (len(points), 1))
   if mesh is not None:
-    sharding.check_divisible(resolved.num_seeds, mesh)
+    sharding.check_divisible(keys.shape[0], mesh)
     keys, data, hp = (sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh),
-                      sharding.replicate(hp, mesh))
+                      sharding.shard_seeds(hp, mesh))
   states = engine.init_states(keys, data, hp, spec=spec)
   chunks, done = [], 0
   ckpt = checkpointing.Checkpointer(checkpoint_dir) if checkpoint_dir else None

@@ -24,11 +24,11 @@ def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (SEED_AXIS,))
 
 
-def check_divisible(num_seeds: int, mesh: Mesh) -> None:
-  """Raises ValueError unless the seeds split evenly over the mesh."""
-  if num_seeds % mesh.size:
-    raise ValueError(f"{num_seeds} seeds do not split evenly over {mesh.size} devices; "
-                     f"use a multiple of {mesh.size}")
+def check_divisible(num_runs: int, mesh: Mesh) -> None:
+  """Raises ValueError unless the runs (seeds x grid points) split evenly over the mesh."""
+  if num_runs % mesh.size:
+    raise ValueError(f"{num_runs} runs (seeds x grid points) do not split evenly over "
+                     f"{mesh.size} devices; use a multiple of {mesh.size}")
 
 
 def _place(tree, sharding: NamedSharding):

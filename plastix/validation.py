@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from plastix import data as data_lib
+from plastix import grid as grid_lib
 from plastix import interventions
 from plastix import models
 from plastix import optim
@@ -67,6 +68,11 @@ def _parse_interventions(names):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` for the first invalid field of an experiment config."""
+  _validate_fields(config)
+  _validate_grid(config)
+
+
+def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "dataset", _in(data_lib.DATASETS),
          f"unknown dataset; choose one of {', '.join(data_lib.DATASETS)}")
   _check_name(config, "shift", shifts.parse_shift)
@@ -95,6 +101,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config, "optimizer.eps", lambda v: v > 0, "must be > 0")
   _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
   _check(config, "probes.srank_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
+def _validate_grid(config: ml_collections.ConfigDict) -> None:
+  """The grid parses, and each of its points is itself a valid config."""
+  _check_name(config, "grid", grid_lib.parse)
+  for point in grid_lib.points(config.grid):
+    if not point:
+      continue
+    try:
+      _validate_fields(grid_lib.apply_point(config, point))
+    except ConfigError as e:
+      raise ConfigError("grid", f"point {grid_lib.label(point)}: {e}") from None
 
 
 def validate_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:

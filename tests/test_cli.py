@@ -47,6 +47,23 @@ def test_smoke_run_writes_every_output(tmp_path):
   assert (workdir / "plasticity.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_grid_run_writes_a_condition_per_point(tmp_path):
+  workdir = tmp_path / "grid"
+  proc = _run(*TINY, "--config.num_tasks=2", "--config.interventions=layer_norm",
+              "--config.grid=optimizer.learning_rate=1e-3,1e-2", workdir=workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert "grid of 2 points" in proc.stdout
+  rows = results.read_csv(str(workdir / "metrics.csv"))
+  assert len(rows) == 2 * 2 * 2
+  assert {r["hparams"] for r in rows} == {"optimizer.learning_rate=0.001",
+                                          "optimizer.learning_rate=0.01"}
+  assert {r["optimizer.learning_rate"] for r in rows} == {1e-3, 1e-2}
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert set(summary["interventions"]) == {"layer_norm [optimizer.learning_rate=0.001]",
+                                           "layer_norm [optimizer.learning_rate=0.01]"}
+  assert "layer_norm [optimizer.learning_rate=0.01]" in proc.stdout
+
+
 @pytest.mark.parametrize("override, field", [
     (["--config.interventions=baseline,redo_magic"], "config.interventions"),
     (["--config.dataset=cifar7"], "config.dataset"),
@@ -63,6 +80,8 @@ def test_smoke_run_writes_every_output(tmp_path):
     (["--config.optimizer.name=adamax"], "config.optimizer.name"),
     (["--config.shift_params.eps=1.5"], "config.shift_params.eps"),
     (["--config.num_tasks=three"], "num_tasks"),
+    (["--config.grid=model.width=8,16"], "config.grid"),
+    (["--config.grid=optimizer.learning_rate=1e-3,-1"], "config.grid"),
     (["--config.no_such_field=1"], "no_such_field"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, override, field):

@@ -1,4 +1,4 @@
-"""Seeds sharded over several devices give the single-device metrics."""
+"""Seeds (and grid points) sharded over several devices give the single-device metrics."""
 
 import os
 import subprocess
@@ -26,6 +26,14 @@ SCRIPT = textwrap.dedent("""
     sharded = runner.run_intervention(config, "layer_norm", data, num_classes, mesh=mesh)
     single = runner.run_intervention(config, "layer_norm", data, num_classes,
                                      mesh=sharding.seed_mesh(jax.devices()[:1]))
+    chex.assert_trees_all_close(sharded, single, rtol=2e-5, atol=1e-6)
+    # A grid's runs (2 points x 2 seeds) are sharded like seeds.
+    config.num_seeds = 2
+    config.grid = "optimizer.learning_rate=1e-3,1e-2"
+    sharded = runner.run_intervention(config, "baseline", data, num_classes, mesh=mesh)
+    single = runner.run_intervention(config, "baseline", data, num_classes,
+                                     mesh=sharding.seed_mesh(jax.devices()[:1]))
+    assert sharded.train_loss.shape[0] == 4
     chex.assert_trees_all_close(sharded, single, rtol=2e-5, atol=1e-6)
     try:
       sharding.check_divisible(4, sharding.seed_mesh(jax.devices()[:3]))

@@ -1,0 +1,90 @@
+"""Hyperparameter grids: parsing, validation, and one program equal to separate runs."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from plastix import engine, grid, results, runner, validation
+from tests.conftest import tiny_config
+
+
+def test_points_are_the_cartesian_product_first_field_slowest():
+  pts = grid.points("optimizer.learning_rate=1e-3,3e-4; shift_params.eps=0.1,0.5,1")
+  assert len(pts) == 6
+  assert pts[0] == {"optimizer.learning_rate": 1e-3, "shift_params.eps": 0.1}
+  assert pts[2] == {"optimizer.learning_rate": 1e-3, "shift_params.eps": 1.0}
+  assert pts[3] == {"optimizer.learning_rate": 3e-4, "shift_params.eps": 0.1}
+  assert grid.label(pts[4]) == "optimizer.learning_rate=0.0003;shift_params.eps=0.5"
+  assert grid.points("") == [{}] and grid.label({}) == ""
+  assert grid.conditions(["a", "b"], "optimizer.b2=0.9,0.99") == [
+      "a [optimizer.b2=0.9]", "a [optimizer.b2=0.99]",
+      "b [optimizer.b2=0.9]", "b [optimizer.b2=0.99]"]
+  assert grid.conditions(["a"], "") == ["a"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model.width=16,32", "not a traced hyperparameter"),
+    ("optimizer.learning_rate", "is not FIELD=V1,V2"),
+    ("optimizer.learning_rate=fast", "not numbers"),
+    ("optimizer.b1=0.9;optimizer.b1=0.8", "appears twice"),
+    ("optimizer.b1=0.9,0.9", "a value appears twice"),
+])
+def test_bad_grids_are_refused(text, message):
+  with pytest.raises(ValueError, match=message):
+    grid.parse(text)
+  config = tiny_config()
+  config.grid = text
+  with pytest.raises(validation.ConfigError, match="config.grid"):
+    validation.validate(config)
+
+
+def test_each_point_is_validated_like_the_field():
+  config = tiny_config()
+  config.grid = "shift_params.eps=0.5,2.0"
+  with pytest.raises(validation.ConfigError,
+                     match=r"config.grid: point shift_params.eps=2: config.shift_params.eps"):
+    validation.validate(config)
+
+
+def test_a_grid_in_one_program_equals_separate_runs():
+  config = tiny_config()
+  config.num_tasks = 2
+  config.tasks_per_chunk = 2
+  config.grid = "optimizer.learning_rate=1e-3,1e-2"
+  data, num_classes = engine.load_train_data(config)
+  together = runner.run_intervention(config, "weight_decay", data, num_classes)
+  assert together.train_loss.shape == (2 * config.num_seeds, config.num_tasks)
+  for g, lr in enumerate((1e-3, 1e-2)):
+    alone_config = tiny_config()
+    alone_config.num_tasks = 2
+    alone_config.optimizer.learning_rate = lr
+    alone = runner.run_intervention(alone_config, "weight_decay", data, num_classes)
+    runs = slice(g * config.num_seeds, (g + 1) * config.num_seeds)
+    chex.assert_trees_all_close(jax_tree_slice(together, runs), alone, rtol=1e-5, atol=1e-6)
+  # The two learning rates really differ.
+  assert not np.allclose(together.param_norm[:2], together.param_norm[2:])
+
+  rows = results.metrics_to_rows("weight_decay", together, [0, 1], grid.points(config.grid))
+  assert len(rows) == 2 * 2 * 2
+  assert rows[-1]["hparams"] == "optimizer.learning_rate=0.01"
+  assert rows[-1]["optimizer.learning_rate"] == 1e-2 and rows[-1]["seed"] == 1
+  summary = results.summarize(rows, grid.conditions(["weight_decay"], config.grid))
+  assert list(summary["interventions"]) == [
+      "weight_decay [optimizer.learning_rate=0.001]",
+      "weight_decay [optimizer.learning_rate=0.01]"]
+  assert summary["interventions"]["weight_decay [optimizer.learning_rate=0.01]"][
+      "num_seeds"] == 2
+
+
+def test_a_grid_point_overrides_the_intervention():
+  config = tiny_config()
+  config.grid = "optimizer.weight_decay=0.5"
+  resolved = grid.apply_point(config, grid.points(config.grid)[0])
+  assert resolved.optimizer.weight_decay == 0.5
+  hp = engine.stack_hparams([engine.hparams(resolved)], repeats=3)
+  np.testing.assert_allclose(np.asarray(hp.weight_decay), [0.5] * 3)
+
+
+def jax_tree_slice(metrics, runs):
+  return jax.tree.map(lambda m: m[runs], metrics)
