@@ -27,6 +27,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.shift_params = ml_collections.ConfigDict()
   config.shift_params.eps = 1.0                  # label_reset: fraction relabelled.
   config.shift_params.initial_labels = "random"  # Task 0: "random" or "true" labels.
+  # Parameters of the other shifts (see plastix/shifts.py for each definition).
+  config.shift_params.noise_std = 0.1           # input_noise: std of the noise image.
+  config.shift_params.noise_start = 0.0         # noisy_labels: rate on the first task,
+  config.shift_params.noise_end = 0.5           # ... and on the last.
+  config.shift_params.classes_first = 2         # class_incremental: classes in task 0,
+  config.shift_params.classes_per_task = 2      # ... added per task.
+  config.shift_params.examples_first = 0.1      # growing_examples: fraction in task 0,
+  config.shift_params.examples_per_task = 0.1   # ... added per task.
+  config.shift_params.target_dim = 1            # random_targets: outputs,
+  config.shift_params.target_width = 256        # ... the random network's width,
+  config.shift_params.target_depth = 2          # ... and depth,
+  config.shift_params.target_omega = 0.0        # ... sin(omega f) when > 0,
+  config.shift_params.target_scale = 1.0        # ... times this,
+  config.shift_params.target_offset = 0.0       # ... plus this offset c,
+  config.shift_params.offset_tasks = 1          # ... on the first this many tasks.
+  config.shift_params.scale_growth = 2.0        # target_scale: factor per task.
+  config.shift_params.gamma = 0.0               # contextual_bandit: TD discount,
+  config.shift_params.bandit_epsilon = 0.1      # ... exploration rate,
+  config.shift_params.target_update_period = 100  # ... steps between target syncs.
+  config.shift_params.drift_steps = 100         # gradual: steps a switch is spread over.
 
   # Schedule.
   config.num_tasks = 20
@@ -60,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = 256
   config.model.norm = "none"    # Set to "layer" by the layer_norm intervention.
   config.model.dtype = "float32"  # Matmul dtype: "float32" or "bfloat16" (params stay f32).
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "cross_entropy"   # Classification: "cross_entropy" or "mse" (one-hot).
+  config.loss.label_smoothing = 0.0    # cross_entropy only.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"

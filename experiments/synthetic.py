@@ -153,7 +153,8 @@ def main(argv):
     validation.validate(config)
     names = interventions.parse_list(config.interventions)
     train_split = data_lib.load(config.dataset, "train", config.data_dir or None)
-    validation.validate_against_data(config, len(train_split.labels))
+    validation.validate_against_data(config, len(train_split.labels),
+                                     train_split.num_classes, train_split.images.shape[1:])
   except (validation.ConfigError, data_lib.DataError) as e:
     _fail(str(e))
 

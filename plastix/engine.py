@@ -31,6 +31,7 @@ import optax
 
 from plastix import data as data_lib
 from plastix import interventions
+from plastix import losses
 from plastix import models
 from plastix import optim
 from plastix import probes
@@ -56,6 +57,17 @@ class EngineSpec:
   dormant_tau: float
   srank_delta: float
   run_probes: bool = True  # False fills probe metrics with -1 (to time training alone).
+  shift_params: shifts.ShiftParams = shifts.ShiftParams()
+  image_shape: tuple[int, ...] = ()  # (H, W, C) of one example.
+  loss: str = "cross_entropy"  # classification: "cross_entropy" or "mse" (on one-hot).
+  label_smoothing: float = 0.0
+  bandit_epsilon: float = 0.1      # contextual_bandit: epsilon-greedy exploration.
+  target_update_period: int = 100  # contextual_bandit: steps between target-network syncs.
+
+  @property
+  def objective(self) -> str:
+    """"classification", "regression" or "bandit" (see `shifts.objective`)."""
+    return shifts.objective(self.shift)
 
 
 @flax.struct.dataclass
@@ -67,6 +79,7 @@ class HParams:
   b2: jax.Array
   eps: jax.Array
   shift_eps: jax.Array
+  gamma: jax.Array  # contextual_bandit: discount of the TD target.
 
 
 @flax.struct.dataclass
@@ -75,6 +88,7 @@ class TrainData:
   images: jax.Array       # uint8 [N, D], flattened.
   labels: jax.Array       # int32 [N], the dataset's labels.
   probe_index: jax.Array  # int32 [P], the examples the probes run on.
+  image_shape: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())  # (H, W, C)
 
 
 @flax.struct.dataclass
@@ -85,6 +99,7 @@ class TrainState:
   task_index: jax.Array  # int32: index of the current task.
   step_index: jax.Array  # int32: step within the current task.
   rng: jax.Array         # the seed's key; per-task keys are folded from it.
+  target_params: dict | None  # contextual_bandit: the TD target network; else None.
   # Where the seed first produced a non-finite loss (checked every step) or
   # non-finite parameters (checked at the end of every task); -1: never. From
   # then on the seed is frozen (no update is applied to its parameters or
@@ -124,8 +139,11 @@ def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
       eps=hp.eps, weight_decay_mask=spec.weight_decay_mask)
 
 
-def _shift_context(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.ShiftContext:
-  return shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps)
+def _shift(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.Shift:
+  images = (_inputs(data.images) if spec.objective == "regression" else None)
+  ctx = shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps, images=images,
+                            image_shape=spec.image_shape, params=spec.shift_params)
+  return shifts.make_shift(spec.shift, ctx, spec.input_dim, spec.random_initial_labels)
 
 
 def _stream(rng: jax.Array, stream: int, index) -> jax.Array:
@@ -136,12 +154,11 @@ def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -
   """Fresh parameters, optimizer state and task 0 for the seed with key `rng`."""
   dummy = jnp.zeros((1, spec.input_dim), jnp.float32)
   params = spec.model.init(_stream(rng, _INIT_STREAM, 0), dummy)["params"]
-  task = shifts.initial_task(_stream(rng, _TASK_STREAM, 0),
-                             _shift_context(spec, hp, data), spec.input_dim,
-                             spec.random_initial_labels)
+  task = _shift(spec, hp, data).init(_stream(rng, _TASK_STREAM, 0))
   zero, minus_one = jnp.zeros([], jnp.int32), jnp.full([], -1, jnp.int32)
   return TrainState(params=params, opt_state=_optimizer(spec, hp).init(params),
                     task=task, task_index=zero, step_index=zero, rng=rng,
+                    target_params=params if spec.objective == "bandit" else None,
                     diverged_task=minus_one, diverged_step=minus_one)
 
 
@@ -166,31 +183,80 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   XLA fuse the guard into the update; the parameters are checked once per task
   in `run_task`.)
   """
-  idx = jax.random.randint(key, (spec.batch_size,), 0, data.images.shape[0])
-  x, y = shifts.apply_task(state.task, _inputs(data.images[idx]), idx,
-                           shifts.permutes_inputs(spec.shift))
-
-  def loss_fn(params):
-    logits = spec.model.apply({"params": params}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
-
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  key_batch, key_objective = key, jax.random.fold_in(key, 1)
+  shift = _shift(spec, hp, data)
+  idx = shifts.sample_index(key_batch, state.task, spec.batch_size)
+  x, y = shift.apply(state.task, _inputs(data.images[idx]), data.labels[idx], idx,
+                     state.step_index)
+  loss_fn = functools.partial(_loss, spec, hp, data, state, shift, x, y, key_objective)
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
   newly_diverged = ~state.diverged & ~jnp.isfinite(loss)
   apply = ~state.diverged & ~newly_diverged
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
   state = _mark_diverged(state, newly_diverged, state.step_index).replace(
       params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
       step_index=state.step_index + 1)
+  if spec.objective == "bandit":
+    step = state.task_index * spec.steps_per_task + state.step_index
+    sync = step % spec.target_update_period == 0
+    state = state.replace(target_params=jax.tree.map(
+        lambda p, t: jnp.where(sync, p, t), state.params, state.target_params))
   return state, (loss, accuracy)
+
+
+def _loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+          shift: shifts.Shift, x, y, key, params):
+  """The minibatch loss of `params` and its accuracy, by the sequence's objective.
+
+  * classification: cross-entropy (with ``label_smoothing``) or, with
+    ``loss = "mse"``, the squared error to ``target_scale * onehot(y)``;
+    accuracy is that of the argmax.
+  * regression: the squared error to the task's targets; accuracy is NaN.
+  * bandit: actions are epsilon-greedy in the Q-values (the outputs), the
+    reward is 1 for the right class, and the loss is the squared TD error
+    ``(Q(x, a) - r - gamma * max_a' Q_target(x', a'))^2`` with ``x'`` a fresh
+    context drawn like x and ``Q_target`` the target network; accuracy is that
+    of the greedy action.
+  """
+  outputs = spec.model.apply({"params": params}, x)
+  if spec.objective == "regression":
+    return jnp.mean(losses.mse(outputs, y)), jnp.float32(jnp.nan)
+  accuracy = jnp.mean(jnp.argmax(outputs, -1) == y)
+  if spec.objective == "bandit":
+    return _td_loss(spec, hp, data, state, shift, outputs, y, key), accuracy
+  if spec.loss == "mse":
+    onehot = jax.nn.one_hot(y, outputs.shape[-1], dtype=outputs.dtype)
+    return jnp.mean(losses.mse(outputs, state.task.target_scale * onehot)), accuracy
+  if spec.label_smoothing:
+    ce = losses.softmax_cross_entropy(outputs, y, spec.label_smoothing)
+  else:
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+  return jnp.mean(ce), accuracy
+
+
+def _td_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+             shift: shifts.Shift, q, labels, key):
+  key_explore, key_action, key_next = jax.random.split(key, 3)
+  batch = labels.shape[0]
+  greedy = jnp.argmax(q, -1)
+  explore = jax.random.uniform(key_explore, (batch,)) < spec.bandit_epsilon
+  action = jnp.where(explore, jax.random.randint(key_action, (batch,), 0, q.shape[-1]), greedy)
+  reward = (action == labels).astype(jnp.float32)
+  next_idx = shifts.sample_index(key_next, state.task, batch)
+  x_next, _ = shift.apply(state.task, _inputs(data.images[next_idx]), data.labels[next_idx],
+                          next_idx, state.step_index)
+  q_next = spec.model.apply({"params": state.target_params}, x_next)
+  target = jax.lax.stop_gradient(reward + hp.gamma * jnp.max(q_next, -1))
+  q_taken = jnp.take_along_axis(q, action[:, None], -1)[:, 0]
+  return jnp.mean(jnp.square(q_taken - target))
 
 
 def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData) -> dict:
   """The mechanism probes on the fixed probe batch under the current task's inputs."""
-  x, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]), data.probe_index,
-                           shifts.permutes_inputs(spec.shift))
+  x, _, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]),
+                              data.probe_index, shifts.permutes_inputs(spec.shift))
   _, preacts, acts = models.hidden_features(spec.model, params, x)
   preacts, acts = ([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts))
   units = jnp.array([a.shape[-1] for a in acts], jnp.float32)
@@ -230,8 +296,8 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
                         diverged_task=state.diverged_task,
                         diverged_step=state.diverged_step, **probe_values)
   next_index = state.task_index + 1
-  next_task = shifts.switch_task(spec.shift, _stream(state.rng, _TASK_STREAM, next_index),
-                                 state.task, _shift_context(spec, hp, data))
+  next_task = _shift(spec, hp, data).switch(_stream(state.rng, _TASK_STREAM, next_index),
+                                            next_index, state.task)
   return state.replace(task=next_task, task_index=next_index,
                        step_index=jnp.zeros_like(state.step_index)), metrics
 
@@ -286,15 +352,37 @@ def load_train_data(config: ml_collections.ConfigDict,
   images = ds.images[:n].reshape(n, -1)
   probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
   return TrainData(images=jnp.asarray(images), labels=jnp.asarray(ds.labels[:n]),
-                   probe_index=jnp.asarray(probe_index)), ds.num_classes
+                   probe_index=jnp.asarray(probe_index),
+                   image_shape=tuple(int(d) for d in ds.images.shape[1:])), ds.num_classes
+
+
+def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:
+  """`shifts.ShiftParams` from ``config.shift_params`` (the fields it names).
+
+  ``num_tasks`` is set only for ``noisy_labels``, whose schedule reads it, so
+  that elsewhere a longer run compiles the same program.
+  """
+  sp = config.shift_params
+  fields = {f.name: type(f.default)(sp[f.name])
+            for f in dataclasses.fields(shifts.ShiftParams) if f.name in sp}
+  if "noisy_labels" in shifts.parse_shift(config.shift):
+    fields["num_tasks"] = int(config.num_tasks)
+  return shifts.ShiftParams(**fields)
+
+
+def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
+  """The model's outputs: ``target_dim`` for regression targets, else the classes."""
+  if shifts.objective(config.shift) == "regression":
+    return int(config.shift_params.target_dim)
+  return num_classes
 
 
 def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
-                input_dim: int) -> EngineSpec:
+                input_dim: int, image_shape: tuple[int, ...] = ()) -> EngineSpec:
   """The static part of a (resolved, single-intervention) config."""
   m = config.model
-  model = models.MLP(hidden_sizes=(m.width,) * m.depth, num_outputs=num_classes,
-                     norm=m.norm, dtype=m.dtype)
+  model = models.MLP(hidden_sizes=(m.width,) * m.depth,
+                     num_outputs=num_outputs(config, num_classes), norm=m.norm, dtype=m.dtype)
   return EngineSpec(
       model=model, optimizer=config.optimizer.name,
       weight_decay_mask=config.optimizer.weight_decay_mask, shift=config.shift,
@@ -304,7 +392,11 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       random_initial_labels=config.shift_params.initial_labels == "random",
       dormant_tau=float(config.probes.dormant_tau),
       srank_delta=float(config.probes.srank_delta),
-      run_probes=bool(config.probes.enabled))
+      run_probes=bool(config.probes.enabled),
+      shift_params=shift_params(config), image_shape=tuple(image_shape),
+      loss=config.loss.name, label_smoothing=float(config.loss.label_smoothing),
+      bandit_epsilon=float(config.shift_params.bandit_epsilon),
+      target_update_period=int(config.shift_params.target_update_period))
 
 
 def accuracy_steps(config: ml_collections.ConfigDict) -> int:
@@ -317,7 +409,7 @@ def hparams(config: ml_collections.ConfigDict) -> HParams:
   f = lambda v: jnp.asarray(v, jnp.float32)
   return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
                  b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
-                 shift_eps=f(config.shift_params.eps))
+                 shift_eps=f(config.shift_params.eps), gamma=f(config.shift_params.gamma))
 
 
 def stack_hparams(points: list[HParams], repeats: int = 1) -> HParams:
@@ -344,7 +436,7 @@ def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"
   """
   resolved = interventions.apply(config, intervention)
   data, num_classes = load_train_data(resolved)
-  spec = engine_spec(resolved, num_classes, data.images.shape[1])
+  spec = engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
   hp = hparams(resolved)
 
   def train(key: jax.Array) -> TaskMetrics:

@@ -31,6 +31,7 @@ GRID_FIELDS = {
     "optimizer.b2": "b2",
     "optimizer.eps": "eps",
     "shift_params.eps": "shift_eps",
+    "shift_params.gamma": "gamma",
 }
 
 Point = dict  # config field -> float, in the grid's field order.

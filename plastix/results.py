@@ -143,8 +143,10 @@ def healthy_curves(rows: Sequence[dict], intervention: str, key: str) -> np.ndar
 
 
 def _mean(values: np.ndarray) -> float | None:
-  """Mean as a float, or None (JSON null) when there is nothing to average."""
-  return float(values.mean()) if values.size else None
+  """Mean as a float, or None (JSON null) when there is nothing to average or it
+  is not finite (accuracy of a regression task)."""
+  mean = float(values.mean()) if values.size else None
+  return mean if mean is not None and math.isfinite(mean) else None
 
 
 def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
@@ -156,6 +158,8 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   * plasticity_loss: first_task_accuracy - mean train_accuracy over the last
     three tasks (computed per seed, then averaged);
   * dead_fraction_final, param_norm_final: on the last task;
+  * first_task_loss, final_task_loss: train_loss on task 0 and the last task
+    (the measure for regression, whose accuracy is undefined: null);
 
   plus ``num_seeds``, the standard deviation over seeds of plasticity_loss and
   the seeds that diverged (``num_diverged``, and ``diverged``: seed, task,
@@ -178,7 +182,9 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
         "plasticity_loss": _mean(loss),
         "dead_fraction_final": _mean(curve("dead_fraction")[:, -1]),
         "param_norm_final": _mean(curve("param_norm")[:, -1]),
-        "plasticity_loss_std": float(loss.std()) if loss.size else None,
+        "first_task_loss": _mean(curve("train_loss")[:, 0]),
+        "final_task_loss": _mean(curve("train_loss")[:, -1]),
+        "plasticity_loss_std": _mean(np.atleast_1d(loss.std())) if loss.size else None,
         "num_seeds": len(seeds),
         "num_tasks": int(acc.shape[1]),
         "num_diverged": int((~ok).sum()),

@@ -56,7 +56,7 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
   without a grid).
   """
   resolved = interventions.apply(config, name)
-  spec = engine.engine_spec(resolved, num_classes, data.images.shape[1])
+  spec = engine.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
   points = grid_lib.points(resolved.get("grid", ""))
   hp = engine.stack_hparams(
       [engine.hparams(grid_lib.apply_point(resolved, p)) for p in points],

@@ -1,27 +1,84 @@
-"""Nonstationarity as pure, jittable task shifts.
+r"""Nonstationarity as pure, jittable task generators.
 
-A task is a small pytree, `Task`: the label of every training example and a
-permutation of the flattened input. A sequence of tasks is built inside
-``lax.scan`` by `switch_task`, from a PRNG key and the previous task, so that a
-whole run of tasks compiles into one program. Shifts compose: ``"a+b"`` applies
-shift ``a`` then shift ``b`` at every switch.
+A task is a small pytree, `Task`: the label (and, for regression, the target)
+of every training example, a transform of the input, which examples are in
+play and how far a gradual switch has gone. A sequence of tasks is built inside
+``lax.scan``: every shift is a pure function
 
-Shifts (names usable in configs):
+  ``shift(key, task_index, base, ctx) -> task``
 
-* ``label_reset`` (per-example label reset; Lyle et al., 2024): exactly
-  ``round(eps * N)`` examples, chosen uniformly, get a fresh label drawn
-  uniformly from the classes. ``eps = 1`` is fresh random labels for all; a new
-  label may equal the old one, so ``eps = 1`` changes about ``1 - 1/C`` of them.
-* ``class_permutation`` (class swap): labels become ``pi[y]`` for the original
-  label y and a fresh random permutation pi of the classes.
-* ``pixel_permutation`` (input transformation, permuted MNIST): a fresh random
-  permutation of the flattened input dimensions.
+of a PRNG key, the index of the task being made, the previous task `base` and
+the dataset context `ctx`; `make_shift(name, ctx)` closes over `ctx` and gives
+the ``(key, task_index, base) -> task`` and ``apply(task, x, y, index, step) ->
+(x, y_or_targets)`` pair the engine uses. Shifts compose: ``"a+b"`` applies
+shift ``a`` then shift ``b`` at every switch, each with its own key.
+
+Shifts (names usable in configs; parameters are ``config.shift_params``):
+
+===================== ========================================================
+``label_reset``       Per-example label reset (Lyle et al., 2024): exactly
+                      ``round(eps * N)`` examples, chosen uniformly, get a fresh
+                      uniform label. ``eps = 1`` is fresh random labels for all
+                      (a new label may equal the old one, so about
+                      ``1 - 1/C`` change); the abruptness sweep uses eps in
+                      [0.01, 1].
+``class_permutation`` Class swap: labels become ``pi[y]`` for the dataset's
+                      label y and a fresh permutation pi of the classes.
+``pixel_permutation`` Input transformation (permuted MNIST): a fresh random
+                      permutation of the flattened input.
+``rotation_flip``     Input transformation: a fresh uniformly random element
+                      of the square's symmetry group (rotation by k * 90
+                      degrees, then an optional left-right flip), applied to
+                      the image (as a permutation of pixel positions; every
+                      channel moves together). Square images only.
+``input_noise``       Input transformation: a fresh fixed noise image
+                      ``n ~ N(0, noise_std^2)`` per task, added to every input.
+``noisy_labels``      Label noise whose rate changes over tasks: task t shows
+                      the dataset's label, except that each example has, with
+                      probability ``r_t``, a uniform random label;
+                      ``r_t = noise_start + (noise_end - noise_start) * t /
+                      (num_tasks - 1)``.
+``class_incremental`` Growing tasks: task t trains on the examples of the
+                      first ``min(C, classes_first + t * classes_per_task)``
+                      classes (Dohare et al., 2024, class-incremental).
+``growing_examples``  Growing tasks: task t trains on the first
+                      ``round(N * min(1, examples_first + t * examples_per_task))``
+                      examples.
+``random_targets``    Regression: every task's targets are a fresh random
+                      network's outputs (an MLP of ``target_depth`` x
+                      ``target_width``, ``target_dim`` outputs),
+                      ``y = c_t + target_scale * z(g(f(x)))`` with ``g =
+                      sin(omega .)`` when ``target_omega > 0`` (the 2023
+                      probe's high-frequency targets) and the identity
+                      otherwise, z standardising each output over the
+                      examples (mean 0, std 1); ``c_t =
+                      target_offset`` for the first ``offset_tasks`` tasks and 0
+                      after (the target-magnitude experiment: pretrain on
+                      offset c, then fit fresh targets).
+``target_scale``      Growing target magnitude: task t multiplies the targets
+                      (regression targets, or one-hot targets under the MSE
+                      loss) by ``scale_growth ** t``.
+``contextual_bandit`` Makes the task a contextual bandit on the image labels
+                      (reward 1 for the right class), trained with a DQN-style
+                      TD target with discount ``gamma`` (see the engine); the
+                      labels keep shifting with the other parts.
+``gradual``           Gradual drift: instead of switching at the task boundary,
+                      each example's label and target, and each input
+                      position's source pixel, moves from the previous task to
+                      the new one at its own step, uniform in
+                      ``[0, drift_steps)`` of the new task.
+===================== ========================================================
+
+``label_reset+pixel_permutation+target_scale`` is the composite sequence of
+the paper (input shift, label reset, growing target scale).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -29,75 +86,271 @@ from plastix import composite
 
 
 class Task(NamedTuple):
-  """What defines one task: labels and an input permutation."""
-  labels: jax.Array      # int32 [N]: the label of each training example.
-  input_perm: jax.Array  # int32 [D]: x_task = x.reshape(-1)[input_perm].
+  """Everything that defines one task; every field keeps its shape across tasks.
+
+  ``N`` training examples, ``D`` input dimensions, ``R`` regression outputs
+  (0 unless the sequence has ``random_targets``).
+  """
+  labels: jax.Array             # int32 [N]: the label of each example.
+  input_perm: jax.Array         # int32 [D]: x_task = x.reshape(-1)[input_perm] + input_offset.
+  input_offset: jax.Array       # float32 [D].
+  targets: jax.Array            # float32 [N, R]: regression targets.
+  target_scale: jax.Array       # float32 []: multiplies the targets.
+  example_order: jax.Array      # int32 [N]: the examples in play come first, ...
+  num_active: jax.Array         # int32 []: ... this many of them.
+  prev_labels: jax.Array        # int32 [N]: the previous task's, for gradual drift.
+  prev_input_perm: jax.Array    # int32 [D].
+  prev_targets: jax.Array       # float32 [N, R].
+  switch_step: jax.Array        # int32 [N]: step at which example i takes the new label.
+  pixel_switch_step: jax.Array  # int32 [D]: step at which position j takes the new pixel.
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftParams:
+  """The static parameters of the shifts (``config.shift_params`` but eps)."""
+  num_tasks: int = 1
+  noise_std: float = 0.1
+  noise_start: float = 0.0
+  noise_end: float = 0.5
+  classes_first: int = 2
+  classes_per_task: int = 2
+  examples_first: float = 0.1
+  examples_per_task: float = 0.1
+  target_dim: int = 1
+  target_width: int = 256
+  target_depth: int = 2
+  target_omega: float = 0.0
+  target_scale: float = 1.0
+  target_offset: float = 0.0
+  offset_tasks: int = 1
+  scale_growth: float = 2.0
+  drift_steps: int = 100
 
 
 class ShiftContext(NamedTuple):
-  """What shifts may read: the dataset's labels and the shift's parameters."""
-  base_labels: jax.Array  # int32 [N], the dataset's own labels.
-  num_classes: int        # static.
-  eps: jax.Array | float  # fraction relabelled by label_reset; may be traced.
+  """What shifts may read: the dataset and the shifts' parameters."""
+  base_labels: jax.Array        # int32 [N], the dataset's own labels.
+  num_classes: int              # static.
+  eps: jax.Array | float        # fraction relabelled by label_reset; may be traced.
+  images: jax.Array | None = None  # float32 [N, D] inputs in [0, 1] (random_targets).
+  image_shape: tuple[int, ...] = ()  # (H, W, C) of one example (rotation_flip).
+  params: ShiftParams = ShiftParams()
 
 
-ShiftFn = Callable[[jax.Array, Task, ShiftContext], Task]
+ShiftFn = Callable[[jax.Array, jax.Array, Task, ShiftContext], Task]
 
 
-def label_reset(key: jax.Array, task: Task, ctx: ShiftContext) -> Task:
+def _randomize(key, mask, labels, num_classes):
+  fresh = jax.random.randint(key, labels.shape, 0, num_classes, dtype=jnp.int32)
+  return jnp.where(mask, fresh, labels)
+
+
+def label_reset(key, task_index, base: Task, ctx: ShiftContext) -> Task:
   """Relabels exactly ``round(eps * N)`` uniformly chosen examples with uniform labels."""
-  n = task.labels.shape[0]
+  del task_index
+  n = base.labels.shape[0]
   key_pick, key_label = jax.random.split(key)
   # rank[i] is example i's position in a uniform random order; the first k reset.
   rank = jnp.argsort(jax.random.permutation(key_pick, n))
   reset = rank < jnp.round(ctx.eps * n).astype(jnp.int32)
-  fresh = jax.random.randint(key_label, (n,), 0, ctx.num_classes, dtype=jnp.int32)
-  return task._replace(labels=jnp.where(reset, fresh, task.labels))
+  return base._replace(labels=_randomize(key_label, reset, base.labels, ctx.num_classes))
 
 
-def class_permutation(key: jax.Array, task: Task, ctx: ShiftContext) -> Task:
+def class_permutation(key, task_index, base: Task, ctx: ShiftContext) -> Task:
   """Labels become ``pi[base_label]`` for a fresh random permutation pi of the classes."""
+  del task_index
   pi = jax.random.permutation(key, ctx.num_classes).astype(jnp.int32)
-  return task._replace(labels=pi[ctx.base_labels])
+  return base._replace(labels=pi[ctx.base_labels])
 
 
-def pixel_permutation(key: jax.Array, task: Task, ctx: ShiftContext) -> Task:
+def pixel_permutation(key, task_index, base: Task, ctx: ShiftContext) -> Task:
   """A fresh random permutation of the flattened input dimensions."""
-  del ctx
-  d = task.input_perm.shape[0]
-  return task._replace(input_perm=jax.random.permutation(key, d).astype(jnp.int32))
+  del task_index, ctx
+  d = base.input_perm.shape[0]
+  return base._replace(input_perm=jax.random.permutation(key, d).astype(jnp.int32))
+
+
+def dihedral_permutations(height: int, width: int, channels: int) -> jax.Array:
+  """``[8, H*W*C]`` flat-index permutations of the square's 8 symmetries.
+
+  Row ``2k + f`` rotates the image by ``k * 90`` degrees counter-clockwise
+  (``jnp.rot90``) and then, if f = 1, flips it left-right (``jnp.fliplr``);
+  row 0 is the identity. ``x.reshape(-1)[perm]`` is the transformed image.
+  """
+  if height != width:
+    raise ValueError(f"rotation_flip needs square images, got {height}x{width}")
+  index = jnp.arange(height * width * channels).reshape(height, width, channels)
+  perms = []
+  for k in range(4):
+    rotated = jnp.rot90(index, k, axes=(0, 1))
+    perms += [rotated.reshape(-1), jnp.flip(rotated, axis=1).reshape(-1)]
+  return jnp.stack(perms).astype(jnp.int32)
+
+
+def rotation_flip(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """A uniformly random rotation by a multiple of 90 degrees and optional flip of the image."""
+  del task_index
+  perms = dihedral_permutations(*ctx.image_shape)
+  return base._replace(input_perm=perms[jax.random.randint(key, (), 0, perms.shape[0])])
+
+
+def input_noise(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """A fresh fixed noise image ``n ~ N(0, noise_std^2)`` added to every input of the task."""
+  del task_index
+  noise = ctx.params.noise_std * jax.random.normal(key, base.input_offset.shape)
+  return base._replace(input_offset=noise.astype(jnp.float32))
+
+
+def noise_rate(task_index, params: ShiftParams) -> jax.Array:
+  """``r_t = noise_start + (noise_end - noise_start) * t / (num_tasks - 1)``."""
+  frac = task_index / max(params.num_tasks - 1, 1)
+  return params.noise_start + (params.noise_end - params.noise_start) * frac
+
+
+def noisy_labels(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """The dataset's labels, each replaced by a uniform label with probability ``r_t``."""
+  key_pick, key_label = jax.random.split(key)
+  n = base.labels.shape[0]
+  noisy = jax.random.uniform(key_pick, (n,)) < noise_rate(task_index, ctx.params)
+  return base._replace(labels=_randomize(key_label, noisy, ctx.base_labels.astype(jnp.int32),
+                                         ctx.num_classes))
+
+
+def _activate(base: Task, active: jax.Array) -> Task:
+  """Puts the examples where `active` first in `example_order` (stable)."""
+  order = jnp.argsort(~active, stable=True).astype(jnp.int32)
+  return base._replace(example_order=order, num_active=jnp.sum(active).astype(jnp.int32))
+
+
+def class_incremental(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """Task t trains on the examples of classes ``< min(C, classes_first + t * classes_per_task)``."""
+  del key
+  p = ctx.params
+  k = jnp.minimum(ctx.num_classes, p.classes_first + task_index * p.classes_per_task)
+  return _activate(base, ctx.base_labels < k)
+
+
+def growing_examples(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """Task t trains on the first ``round(N * min(1, examples_first + t * examples_per_task))``."""
+  del key
+  p = ctx.params
+  n = base.labels.shape[0]
+  frac = jnp.minimum(1.0, p.examples_first + task_index * p.examples_per_task)
+  count = jnp.maximum(1, jnp.round(frac * n).astype(jnp.int32))
+  return _activate(base, jnp.arange(n) < count)
+
+
+class TargetNetwork(nn.Module):
+  """The random network whose outputs are regression targets: a ReLU MLP."""
+  width: int
+  depth: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.depth):
+      x = nn.relu(nn.Dense(self.width)(x))
+    return nn.Dense(self.outputs)(x)
+
+
+def regression_targets(key, task_index, images: jax.Array, params: ShiftParams) -> jax.Array:
+  r"""Targets of every example for task `task_index` from a fresh random network.
+
+    u = g(f(x; theta)),  g = sin(omega .) if omega > 0 else identity,
+    y = c_t + target_scale * (u - mean(u)) / std(u),
+
+  theta a fresh `TargetNetwork` init from `key`, mean and std over the N
+  examples per output, ``c_t = target_offset`` for ``t < offset_tasks`` and 0
+  after. So each output has mean exactly ``c_t`` and std ``target_scale``.
+
+  Returns:
+    float32 ``[N, target_dim]``.
+  """
+  net = TargetNetwork(params.target_width, params.target_depth, params.target_dim)
+  theta = net.init(key, images[:1])
+  u = net.apply(theta, images)
+  if params.target_omega > 0:
+    u = jnp.sin(params.target_omega * u)
+  u = (u - jnp.mean(u, axis=0)) / (jnp.std(u, axis=0) + 1e-12)
+  offset = jnp.where(task_index < params.offset_tasks, params.target_offset, 0.0)
+  return (offset + params.target_scale * u).astype(jnp.float32)
+
+
+def random_targets(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """Fresh regression targets from a fresh random network (see `regression_targets`)."""
+  if ctx.images is None:
+    raise ValueError("random_targets needs ShiftContext.images")
+  return base._replace(targets=regression_targets(key, task_index, ctx.images, ctx.params))
+
+
+def target_scale(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """Growing target magnitude: ``target_scale = scale_growth ** t``."""
+  del key
+  scale = jnp.power(jnp.float32(ctx.params.scale_growth), task_index)
+  return base._replace(target_scale=scale.astype(jnp.float32))
+
+
+def contextual_bandit(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """Marks the sequence as a contextual bandit; the task itself is unchanged."""
+  del key, task_index, ctx
+  return base
+
+
+def gradual(key, task_index, base: Task, ctx: ShiftContext) -> Task:
+  """Spreads the switch just made over the first ``drift_steps`` steps of the task.
+
+  Used as the last part of a composite; `switch_task` hands it the previous
+  task in ``prev_*`` fields, and this draws when each example and each input
+  position switches.
+  """
+  del task_index
+  key_ex, key_px = jax.random.split(key)
+  steps = max(ctx.params.drift_steps, 1)
+  return base._replace(
+      switch_step=jax.random.randint(key_ex, base.switch_step.shape, 0, steps, jnp.int32),
+      pixel_switch_step=jax.random.randint(key_px, base.pixel_switch_step.shape, 0, steps,
+                                           jnp.int32))
 
 
 SHIFTS: dict[str, ShiftFn] = {
     "label_reset": label_reset,
     "class_permutation": class_permutation,
     "pixel_permutation": pixel_permutation,
+    "rotation_flip": rotation_flip,
+    "input_noise": input_noise,
+    "noisy_labels": noisy_labels,
+    "class_incremental": class_incremental,
+    "growing_examples": growing_examples,
+    "random_targets": random_targets,
+    "target_scale": target_scale,
+    "contextual_bandit": contextual_bandit,
+    "gradual": gradual,
 }
+# Shifts that follow a schedule in the task index also shape task 0.
+SCHEDULED = frozenset({"noisy_labels", "class_incremental", "growing_examples",
+                       "random_targets", "target_scale"})
+INPUT_SHIFTS = frozenset({"pixel_permutation", "rotation_flip"})  # change input_perm.
+OBJECTIVES = ("classification", "regression", "bandit")
 
 
 def parse_shift(name: str) -> tuple[str, ...]:
   """Splits ``"a+b"`` into its parts; raises ValueError naming an unknown part."""
-  return composite.split_composite(name, SHIFTS, "shift")
+  parts = composite.split_composite(name, SHIFTS, "shift")
+  if "gradual" in parts and parts[-1] != "gradual":
+    raise ValueError(f"'gradual' must be the last part of {name!r}")
+  if "random_targets" in parts and "contextual_bandit" in parts:
+    raise ValueError(f"{name!r}: random_targets and contextual_bandit are different objectives")
+  return parts
 
 
-def initial_task(key: jax.Array, ctx: ShiftContext, input_dim: int,
-                 random_labels: bool) -> Task:
-  """Task 0: identity input permutation; the dataset's labels or uniform random ones."""
-  labels = ctx.base_labels.astype(jnp.int32)
-  if random_labels:
-    labels = jax.random.randint(key, labels.shape, 0, ctx.num_classes, dtype=jnp.int32)
-  return Task(labels=labels, input_perm=jnp.arange(input_dim, dtype=jnp.int32))
-
-
-def switch_task(name: str, key: jax.Array, task: Task, ctx: ShiftContext) -> Task:
-  """The next task: applies each part of shift `name` in turn, each with its own key."""
+def objective(name: str) -> str:
+  """"regression" with random_targets, "bandit" with contextual_bandit, else "classification"."""
   parts = parse_shift(name)
-  for part, k in zip(parts, jax.random.split(key, len(parts))):
-    task = SHIFTS[part](k, task, ctx)
-  return task
-
-
-INPUT_SHIFTS = frozenset({"pixel_permutation"})  # The shifts that change input_perm.
+  if "random_targets" in parts:
+    return "regression"
+  if "contextual_bandit" in parts:
+    return "bandit"
+  return "classification"
 
 
 def permutes_inputs(name: str) -> bool:
@@ -105,9 +358,61 @@ def permutes_inputs(name: str) -> bool:
   return any(part in INPUT_SHIFTS for part in parse_shift(name))
 
 
+def is_gradual(name: str) -> bool:
+  return "gradual" in parse_shift(name)
+
+
+def initial_task(key: jax.Array, ctx: ShiftContext, input_dim: int,
+                 random_labels: bool, name: str = "", target_dim: int = 0) -> Task:
+  """Task 0: the identity input transform, every example in play.
+
+  Labels are the dataset's, or uniform random ones with `random_labels`; the
+  scheduled parts of shift `name` (noisy labels, growing tasks, regression
+  targets, target scale) are applied for task index 0.
+  """
+  key_labels, key_parts = key, jax.random.fold_in(key, 1)
+  n = ctx.base_labels.shape[0]
+  labels = ctx.base_labels.astype(jnp.int32)
+  if random_labels:
+    labels = jax.random.randint(key_labels, labels.shape, 0, ctx.num_classes,
+                                dtype=jnp.int32)
+  identity = jnp.arange(input_dim, dtype=jnp.int32)
+  targets = jnp.zeros((n, target_dim), jnp.float32)
+  task = Task(labels=labels, input_perm=identity,
+              input_offset=jnp.zeros((input_dim,), jnp.float32), targets=targets,
+              target_scale=jnp.ones([], jnp.float32),
+              example_order=jnp.arange(n, dtype=jnp.int32), num_active=jnp.int32(n),
+              prev_labels=labels, prev_input_perm=identity, prev_targets=targets,
+              switch_step=jnp.zeros((n,), jnp.int32),
+              pixel_switch_step=jnp.zeros((input_dim,), jnp.int32))
+  parts = [p for p in parse_shift(name) if p in SCHEDULED] if name else []
+  for part, k in zip(parts, jax.random.split(key_parts, max(len(parts), 1))):
+    task = SHIFTS[part](k, jnp.int32(0), task, ctx)
+  return task._replace(prev_labels=task.labels, prev_targets=task.targets)
+
+
+def switch_task(name: str, key: jax.Array, task: Task, ctx: ShiftContext,
+                task_index=None) -> Task:
+  """The next task (index `task_index`): each part of `name` in turn, each with its own key.
+
+  `task_index` defaults to a scalar 0 for shifts that do not read it. Without
+  ``gradual`` the switch is abrupt (``switch_step = 0``).
+  """
+  parts = parse_shift(name)
+  task_index = jnp.int32(0) if task_index is None else task_index
+  prev = task._replace(prev_labels=task.labels, prev_input_perm=task.input_perm,
+                       prev_targets=task.targets,
+                       switch_step=jnp.zeros_like(task.switch_step),
+                       pixel_switch_step=jnp.zeros_like(task.pixel_switch_step))
+  task = prev
+  for part, k in zip(parts, jax.random.split(key, len(parts))):
+    task = SHIFTS[part](k, task_index, task, ctx)
+  return task
+
+
 def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
-               permute_inputs: bool = True):
-  """Inputs and labels of examples `example_index` under `task`.
+               permute_inputs: bool = True, step=None, gradual: bool = False):
+  """Inputs and labels (or regression targets) of examples `example_index` under `task`.
 
   Args:
     task: the current task.
@@ -115,11 +420,67 @@ def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
     example_index: ``[B]`` int indices into the training set.
     permute_inputs: False skips the gather by ``task.input_perm``, for a
       sequence whose shift never changes it (see `permutes_inputs`).
+    step: the step within the task, for gradual drift.
+    gradual: whether the sequence drifts gradually (see `is_gradual`).
 
   Returns:
-    ``(x_task [B, D], y_task [B])``.
+    ``(x_task [B, D], labels [B], targets [B, R])``, targets times
+    ``task.target_scale``.
   """
   x = x.reshape((x.shape[0], -1))
-  if permute_inputs:
+  labels, targets = task.labels[example_index], task.targets[example_index]
+  if gradual:
+    step = jnp.int32(0) if step is None else step
+    new_example = (step >= task.switch_step[example_index])
+    labels = jnp.where(new_example, labels, task.prev_labels[example_index])
+    targets = jnp.where(new_example[:, None], targets, task.prev_targets[example_index])
+    if permute_inputs:
+      new_pixel = step >= task.pixel_switch_step
+      x = jnp.where(new_pixel[None, :], x[:, task.input_perm], x[:, task.prev_input_perm])
+  elif permute_inputs:
     x = x[:, task.input_perm]
-  return x, task.labels[example_index]
+  x = x + task.input_offset.astype(x.dtype)
+  return x, labels, targets * task.target_scale
+
+
+def sample_index(key: jax.Array, task: Task, batch_size: int) -> jax.Array:
+  """``[batch_size]`` example indices drawn uniformly (with replacement) from those in play."""
+  pos = jax.random.randint(key, (batch_size,), 0, jnp.maximum(task.num_active, 1))
+  return task.example_order[pos]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shift:
+  """A named shift bound to its context: the generator and the view of a task."""
+  name: str
+  ctx: ShiftContext
+  input_dim: int
+  random_initial_labels: bool = False
+
+  def init(self, key: jax.Array) -> Task:
+    """Task 0 (see `initial_task`)."""
+    target_dim = self.ctx.params.target_dim if objective(self.name) == "regression" else 0
+    return initial_task(key, self.ctx, self.input_dim, self.random_initial_labels,
+                        self.name, target_dim)
+
+  def switch(self, key: jax.Array, task_index, base: Task) -> Task:
+    """``(key, task_index, base) -> task``: the task with index `task_index` after `base`."""
+    return switch_task(self.name, key, base, self.ctx, task_index)
+
+  def apply(self, task: Task, x: jax.Array, y: jax.Array, index: jax.Array, step=None):
+    """``(x, y_or_targets)`` of a batch: inputs and labels, or regression targets.
+
+    `y` are the dataset's labels of the batch and `index` their example
+    indices (the labels of a task are per example, so `index` selects them).
+    """
+    del y
+    x, labels, targets = apply_task(task, x, index, permutes_inputs(self.name), step,
+                                    is_gradual(self.name))
+    return x, (targets if objective(self.name) == "regression" else labels)
+
+
+def make_shift(name: str, ctx: ShiftContext, input_dim: int,
+               random_initial_labels: bool = False) -> Shift:
+  """Shift `name` (checked) bound to `ctx`."""
+  parse_shift(name)
+  return Shift(name, ctx, input_dim, random_initial_labels)

@@ -17,6 +17,7 @@ from plastix import shifts
 
 MODELS = ("mlp",)
 INITIAL_LABELS = ("random", "true")
+LOSSES = ("cross_entropy", "mse")
 
 
 class ConfigError(ValueError):
@@ -99,8 +100,34 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "optimizer.b1", lambda v: 0 <= v < 1, "must be in [0, 1)")
   _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "must be in [0, 1)")
   _check(config, "optimizer.eps", lambda v: v > 0, "must be > 0")
+  _validate_shift_params(config)
+  _check(config, "loss.name", _in(LOSSES), f"choose one of {', '.join(LOSSES)}")
+  _check(config, "loss.label_smoothing", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+  if "target_scale" in shifts.parse_shift(config.shift) and (
+      shifts.objective(config.shift) == "classification" and config.loss.name != "mse"):
+    raise ConfigError("loss.name", "target_scale scales one-hot targets, so classification "
+                      f"needs loss.name = 'mse' (got {config.loss.name!r})")
   _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
   _check(config, "probes.srank_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
+def _validate_shift_params(config: ml_collections.ConfigDict) -> None:
+  for field in ("target_dim", "target_width", "target_depth", "drift_steps",
+                "target_update_period", "classes_per_task"):
+    _check(config, f"shift_params.{field}", _positive_int, "must be a positive integer")
+  _check(config, "shift_params.classes_first", _positive_int, "must be a positive integer")
+  _check(config, "shift_params.offset_tasks", lambda v: isinstance(v, int) and v >= 0,
+         "must be an integer >= 0")
+  for field in ("noise_start", "noise_end", "bandit_epsilon", "examples_first",
+                "examples_per_task"):
+    _check(config, f"shift_params.{field}", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+  _check(config, "shift_params.examples_first", lambda v: v > 0, "must be > 0")
+  for field in ("noise_std", "target_omega", "target_scale"):
+    _check(config, f"shift_params.{field}", lambda v: v >= 0, "must be >= 0")
+  _check(config, "shift_params.scale_growth", lambda v: v > 0, "must be > 0")
+  _check(config, "shift_params.target_offset", lambda v: abs(v) < float("inf"),
+         "must be a finite number")
+  _check(config, "shift_params.gamma", lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def _validate_grid(config: ml_collections.ConfigDict) -> None:
@@ -115,8 +142,9 @@ def _validate_grid(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("grid", f"point {grid_lib.label(point)}: {e}") from None
 
 
-def validate_against_data(config: ml_collections.ConfigDict, num_train: int) -> None:
-  """Checks the sizes that depend on the loaded training split's size."""
+def validate_against_data(config: ml_collections.ConfigDict, num_train: int,
+                          num_classes: int = 10, image_shape: tuple[int, ...] = ()) -> None:
+  """Checks the sizes that depend on the loaded training split (size, classes, shape)."""
   if config.num_examples > num_train:
     raise ConfigError("num_examples", f"{config.num_examples} is more than the "
                       f"{num_train} training examples of {config.dataset}")
@@ -124,6 +152,14 @@ def validate_against_data(config: ml_collections.ConfigDict, num_train: int) -> 
   if config.batch_size > n:
     raise ConfigError("batch_size", f"{config.batch_size} is larger than the "
                       f"{n} training examples in use")
+  if "class_incremental" in shifts.parse_shift(config.shift) and (
+      config.shift_params.classes_first > num_classes):
+    raise ConfigError("shift_params.classes_first", f"{config.shift_params.classes_first} is "
+                      f"more than the {num_classes} classes of {config.dataset}")
+  if "rotation_flip" in shifts.parse_shift(config.shift) and (
+      len(image_shape) != 3 or image_shape[0] != image_shape[1]):
+    raise ConfigError("shift", f"rotation_flip needs square images; {config.dataset} has "
+                      f"shape {tuple(image_shape)}")
   if config.probes.batch_size > n:
     raise ConfigError("probes.batch_size", f"{config.probes.batch_size} is larger "
                       f"than the {n} training examples in use")
