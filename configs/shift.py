@@ -20,7 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: the embedded Fashion-MNIST subset needs no download.
   config.dataset = "fashion_mnist_small"
   config.data_dir = ""        # For datasets read from files; "" = the loader's default.
+  config.manual_dir = ""      # Folder with the original files to prepare a dataset from.
   config.num_examples = 1000  # The first N training images (class-balanced); 0 = all.
+  config.normalization = "unit"  # "unit" (pixels / 255) or "standardize" (per channel).
 
   # Nonstationarity: a shift name from plastix.shifts (combine with '+').
   config.shift = "label_reset"
@@ -69,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.interventions = "baseline,layer_norm,weight_decay,layer_norm+weight_decay"
   config.intervention_params = ml_collections.ConfigDict()
   config.intervention_params.weight_decay = 0.1   # Strength used by `weight_decay`.
+  config.intervention_params.l2 = 1e-5            # ... by `l2` (coupled, the paper's value).
+  config.intervention_params.l2_init = 1e-2       # ... by `l2_init`.
+  config.intervention_params.grad_norm_penalty = 1e-3  # ... by `grad_norm_penalty`.
+  config.intervention_params.label_smoothing = 0.1     # ... by `label_smoothing`.
 
   # A grid over traced hyperparameters, trained in the same program as the seeds
   # (see plastix.grid), e.g. "optimizer.learning_rate=1e-3,3e-4;shift_params.eps=0.1,1".
@@ -78,12 +84,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "mlp"
   config.model.depth = 2
   config.model.width = 256
-  config.model.norm = "none"    # Set to "layer" by the layer_norm intervention.
+  config.model.norm = "none"    # none, layer, batch, rms, hybrid (set by the *_norm interventions).
+  config.model.activation = "relu"  # relu, leaky_relu, gelu, tanh, crelu.
   config.model.dtype = "float32"  # Matmul dtype: "float32" or "bfloat16" (params stay f32).
+  # Model-specific fields (see plastix.models.create); depth/width are the CNN's
+  # dense layers after its convs.
+  config.model.cnn_channels = (32, 64)
+  config.model.cnn_kernel_size = 3
+  config.model.cnn_stride = 2
+  config.model.resnet_width = 64
+  config.model.resnet_stage_sizes = (2, 2, 2, 2)
+  config.model.vit_patch_size = 4
+  config.model.vit_dim = 192
+  config.model.vit_depth = 12
+  config.model.vit_heads = 3
+  config.model.vit_mlp_dim = 768
+  config.model.vit_pool = "cls"
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = "cross_entropy"   # Classification: "cross_entropy" or "mse" (one-hot).
+  # "auto" (cross_entropy for classification, mse for regression, TD for the
+  # bandit), or for classification "cross_entropy" / "mse" (on one-hot targets),
+  # for regression "mse" / "two_hot" / "hl_gauss".
+  config.loss.name = "auto"
   config.loss.label_smoothing = 0.0    # cross_entropy only.
+  # Regression: "mse", or "two_hot" / "hl_gauss" over num_bins atoms in [support_min, support_max].
+  config.loss.num_bins = 51
+  config.loss.support_min = -10.0
+  config.loss.support_max = 10.0
+  config.loss.hl_gauss_sigma = 0.75    # In bin widths.
+  config.loss.l2 = 0.0                 # Coupled L2: loss += (l2 / 2) ||p||^2 (decay mask).
+  config.loss.grad_norm_penalty = 0.0  # loss += strength * ||grad loss||^2.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"
@@ -93,10 +123,35 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.eps = 1e-8
   config.optimizer.weight_decay = 0.0            # Decoupled decay applied to every run.
   config.optimizer.weight_decay_mask = "all"     # "all" or "kernels".
+  config.optimizer.l2_init = 0.0                 # Regenerative: grad += l2_init (p - p_0).
+  config.optimizer.normalize_and_project = False  # Kernels kept at their init norm.
+
+  # Resets at task ends ("+"-joined, in order): redo, shrink_and_perturb,
+  # head_reset, full_reset; every period_tasks tasks.
+  config.resets = ml_collections.ConfigDict()
+  config.resets.methods = ""
+  config.resets.period_tasks = 1
+  config.resets.redo_tau = 0.1       # ReDo: units with dormant score <= tau are recycled.
+  config.resets.shrink = 0.8         # shrink_and_perturb: p <- shrink p + perturb p_fresh.
+  config.resets.perturb = 0.2
 
   config.probes = ml_collections.ConfigDict()
   config.probes.enabled = True     # False: -1 in every probe column (timing runs).
   config.probes.batch_size = 512   # Fixed probe batch: the first N training images.
   config.probes.dormant_tau = 0.025
   config.probes.srank_delta = 0.01
+  config.probes.linearized_threshold = 0.1  # Smooth units: preactivation std below this.
+  config.probes.top_singular_values = 4     # Of the penultimate features.
+  # Expensive probes every N tasks (0 = never); NaN columns on the tasks they skip.
+  config.probes.sharpness_every = 0    # Top Hessian eigenvalue (power iteration).
+  config.probes.hessian_iters = 20
+  config.probes.ntk_every = 0          # Empirical NTK structure.
+  config.probes.ntk_examples = 64
+  config.probes.alignment_every = 0    # Mean pairwise cosine of per-example gradients.
+  config.probes.alignment_examples = 64
+  config.probes.plasticity_every = 0   # The 2023 probe: fit fresh sin targets.
+  config.probes.plasticity_targets = 1
+  config.probes.plasticity_steps = 200
+  config.probes.plasticity_omega = 1e5
+  config.probes.plasticity_batch = 64
   return config

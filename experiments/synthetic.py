@@ -4,7 +4,9 @@ r"""Synthetic nonstationary study: every intervention of a config, seeds vmapped
       [--config.FIELD=VALUE ...]
 
 Writes to the workdir (default ``runs/<config.name>-<timestamp>``):
-config.json, run_info.json, metrics.csv, summary.json and plasticity.png.
+config.json, run_info.json, metrics.csv, summary.json, plasticity.png, and with
+probes on histograms.npz, mechanisms_<name>.png (one figure per mechanism)
+and preactivation_histograms.png.
 Bad input (an unknown name, an impossible size, missing data, an unwritable
 workdir) prints one line and exits with status 2 before anything compiles.
 
@@ -192,13 +194,17 @@ def main(argv):
       f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
       f"{config.num_seeds} seeds, interventions {', '.join(names)}{grid_note}")
   start = time.perf_counter()
-  rows = []
+  rows, by_condition = [], {}
   seeds = list(range(config.num_seeds))
   for name in names:
     metrics = runner.run_intervention(
         config, name, data, num_classes, progress=say,
         checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
     rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
+    for g, point in enumerate(points):
+      runs = slice(g * len(seeds), (g + 1) * len(seeds))
+      by_condition[grid_lib.condition(name, grid_lib.label(point))] = (
+          metrics._replace(preact_histogram=metrics.preact_histogram[runs]))
     if primary:
       results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 
@@ -207,8 +213,15 @@ def main(argv):
   conditions = grid_lib.conditions(names, config.grid)
   summary = results.summarize(rows, conditions)
   results.write_json(os.path.join(workdir, "summary.json"), summary)
+  title = f"{config.name}: {config.shift} on {config.dataset}"
   plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
-                           title=f"{config.name}: {config.shift} on {config.dataset}")
+                           title=title)
+  if config.probes.enabled:
+    histograms = results.histogram_arrays(by_condition, engine.probe_settings(config).histogram_edges)
+    results.write_npz(os.path.join(workdir, "histograms.npz"), histograms)
+    plotting.plot_mechanisms(rows, conditions, workdir, title=title)
+    plotting.plot_histograms(histograms, conditions,
+                             os.path.join(workdir, "preactivation_histograms.png"))
   print(f"\n{results.format_table(summary)}\n")
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)
 

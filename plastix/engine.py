@@ -30,15 +30,19 @@ import numpy as np
 import optax
 
 from plastix import data as data_lib
+from plastix.data import preprocess
 from plastix import interventions
 from plastix import losses
 from plastix import models
 from plastix import optim
+from plastix import probe_suite
 from plastix import probes
+from plastix import resets
 from plastix import shifts
 
 # Independent PRNG streams derived from each seed's key.
-_INIT_STREAM, _TASK_STREAM, _STEP_STREAM = 0, 1, 2
+_INIT_STREAM, _TASK_STREAM, _STEP_STREAM, _RESET_STREAM, _PROBE_STREAM = 0, 1, 2, 3, 4
+RESETS = ("redo", "shrink_and_perturb", "head_reset", "full_reset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +58,28 @@ class EngineSpec:
   batch_size: int
   accuracy_steps: int  # the last steps of each task averaged into train_accuracy.
   random_initial_labels: bool
-  dormant_tau: float
-  srank_delta: float
+  probe_settings: probe_suite.ProbeSettings
   run_probes: bool = True  # False fills probe metrics with -1 (to time training alone).
   shift_params: shifts.ShiftParams = shifts.ShiftParams()
   image_shape: tuple[int, ...] = ()  # (H, W, C) of one example.
-  loss: str = "cross_entropy"  # classification: "cross_entropy" or "mse" (on one-hot).
+  loss: str = "cross_entropy"  # see `loss_name` and `_loss`.
   label_smoothing: float = 0.0
   bandit_epsilon: float = 0.1      # contextual_bandit: epsilon-greedy exploration.
   target_update_period: int = 100  # contextual_bandit: steps between target-network syncs.
+  # Regularisers whose strengths are traced `HParams`: on when True.
+  coupled_l2: bool = False         # loss += (l2 / 2) ||p||^2 over the decay mask.
+  grad_norm_penalty: bool = False  # loss += grad_norm_penalty * ||grad loss||^2.
+  l2_init: bool = False            # gradient += l2_init * (p - p_0) (optim.l2_init).
+  normalize_and_project: bool = False  # kernels projected to their init norm each step.
+  # Distributional regression heads: "two_hot" / "hl_gauss" over this support.
+  support: tuple[float, ...] = ()
+  hl_gauss_sigma: float = 0.75     # in units of the support's bin width.
+  # Resets at task ends, in order, every `reset_period` tasks.
+  resets: tuple[str, ...] = ()
+  reset_period: int = 1
+  redo_tau: float = 0.1
+  shrink: float = 0.8
+  perturb: float = 0.2
 
   @property
   def objective(self) -> str:
@@ -80,6 +97,9 @@ class HParams:
   eps: jax.Array
   shift_eps: jax.Array
   gamma: jax.Array  # contextual_bandit: discount of the TD target.
+  l2: jax.Array = 0.0                 # coupled L2 strength (spec.coupled_l2).
+  grad_norm_penalty: jax.Array = 0.0  # (spec.grad_norm_penalty).
+  l2_init: jax.Array = 0.0            # (spec.l2_init).
 
 
 @flax.struct.dataclass
@@ -88,17 +108,22 @@ class TrainData:
   images: jax.Array       # uint8 [N, D], flattened.
   labels: jax.Array       # int32 [N], the dataset's labels.
   probe_index: jax.Array  # int32 [P], the examples the probes run on.
+  mean: jax.Array | float = 0.0  # float32 [D]: inputs are (images / 255 - mean) / std.
+  std: jax.Array | float = 1.0
   image_shape: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())  # (H, W, C)
 
 
 @flax.struct.dataclass
 class TrainState:
   params: dict
+  model_state: dict      # non-parameter collections (BatchNorm statistics); {} if none.
   opt_state: optax.OptState
   task: shifts.Task
   task_index: jax.Array  # int32: index of the current task.
   step_index: jax.Array  # int32: step within the current task.
   rng: jax.Array         # the seed's key; per-task keys are folded from it.
+  reference_means: tuple  # per layer, each unit's mean preactivation at the task's start.
+  initial_layer_norms: dict  # module name -> parameter norm at initialisation.
   target_params: dict | None  # contextual_bandit: the TD target network; else None.
   # Where the seed first produced a non-finite loss (checked every step) or
   # non-finite parameters (checked at the end of every task); -1: never. From
@@ -117,30 +142,58 @@ class TaskMetrics(NamedTuple):
   train_loss: jax.Array           # mean minibatch loss over the last accuracy_steps.
   train_accuracy: jax.Array       # mean minibatch accuracy over the same steps.
   dead_fraction: jax.Array        # dormant fraction at tau = 0, all hidden units.
-  dormant_fraction: jax.Array     # dormant fraction at spec.dormant_tau.
+  dormant_fraction: jax.Array     # dormant fraction at probes.dormant_tau.
   linearized_fraction: jax.Array  # ReLU units positive on the whole probe batch.
+  linearized_fraction_smooth: jax.Array  # units with near-constant preactivation.
+  preact_mean_spread: jax.Array   # std over units of per-unit mean preactivations.
+  preact_std_mean: jax.Array      # mean over units of per-unit preactivation std.
+  preact_drift: jax.Array         # mean |unit mean - its value at the task's start|.
   effective_rank: jax.Array       # of the last hidden layer's activations.
-  srank: jax.Array                # of the same features, delta = spec.srank_delta.
+  srank: jax.Array                # of the same features, delta = probes.srank_delta.
+  feature_singular_values: jax.Array  # [k] top singular values of those features.
+  predictive_entropy: jax.Array   # mean entropy of the softmax of the outputs.
   param_norm: jax.Array           # global L2 norm.
   layer_param_norm: dict          # module name -> L2 norm.
+  layer_grad_norm: dict           # module name -> L2 norm of the probe-batch gradient.
   layer_dead_fraction: jax.Array  # [num_hidden_layers].
+  layer_preact_drift: jax.Array   # [num_hidden_layers].
+  layer_preact_mean_spread: jax.Array  # [num_hidden_layers].
+  norm_growth_ratio: jax.Array    # (|head| / |head_0|) / (|first| / |first_0|): 1 at init.
+  preact_histogram: jax.Array     # [num_hidden_layers, bins] of per-unit mean preactivations.
+  sharpness: jax.Array            # expensive probes: NaN on the tasks they skip.
+  ntk_diagonal_share: jax.Array
+  ntk_off_diagonal_mass: jax.Array
+  ntk_effective_rank: jax.Array
+  ntk_top_eigenvalue_share: jax.Array
+  gradient_alignment: jax.Array
+  probe_loss: jax.Array
+  fresh_probe_loss: jax.Array
+  plasticity_probe_loss: jax.Array
   diverged_task: jax.Array        # task of the first non-finite step so far, or -1.
   diverged_step: jax.Array        # its step within that task, or -1.
+  num_reset: jax.Array            # units ReDo recycled at this task's end; -1 without ReDo.
 
 
-def _inputs(images_uint8: jax.Array) -> jax.Array:
-  """uint8 pixels to float32 in [0, 1]."""
-  return images_uint8.astype(jnp.float32) / 255.0
+def _inputs(images_uint8: jax.Array, data: TrainData) -> jax.Array:
+  """uint8 pixels to float32: ``(p / 255 - mean) / std`` (mean 0, std 1: [0, 1] scaling)."""
+  return (images_uint8.astype(jnp.float32) / 255.0 - data.mean) / data.std
 
 
 def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
-  return optim.make_optimizer(
+  """Adam or SGD with decoupled decay; l2_init before it, normalize_and_project after."""
+  opt = optim.make_optimizer(
       spec.optimizer, hp.learning_rate, hp.weight_decay, b1=hp.b1, b2=hp.b2,
       eps=hp.eps, weight_decay_mask=spec.weight_decay_mask)
+  mask = optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask]
+  if spec.l2_init:
+    opt = optax.chain(optim.l2_init(hp.l2_init, mask=mask), opt)
+  if spec.normalize_and_project:
+    opt = optax.chain(opt, optim.normalize_and_project(mask=optim.kernel_mask))
+  return opt
 
 
 def _shift(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.Shift:
-  images = (_inputs(data.images) if spec.objective == "regression" else None)
+  images = (_inputs(data.images, data) if spec.objective == "regression" else None)
   ctx = shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps, images=images,
                             image_shape=spec.image_shape, params=spec.shift_params)
   return shifts.make_shift(spec.shift, ctx, spec.input_dim, spec.random_initial_labels)
@@ -152,14 +205,21 @@ def _stream(rng: jax.Array, stream: int, index) -> jax.Array:
 
 def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -> TrainState:
   """Fresh parameters, optimizer state and task 0 for the seed with key `rng`."""
-  dummy = jnp.zeros((1, spec.input_dim), jnp.float32)
-  params = spec.model.init(_stream(rng, _INIT_STREAM, 0), dummy)["params"]
+  params, model_state = _fresh_network(spec, _stream(rng, _INIT_STREAM, 0))
   task = _shift(spec, hp, data).init(_stream(rng, _TASK_STREAM, 0))
   zero, minus_one = jnp.zeros([], jnp.int32), jnp.full([], -1, jnp.int32)
-  return TrainState(params=params, opt_state=_optimizer(spec, hp).init(params),
+  return TrainState(params=params, model_state=model_state,
+                    opt_state=_optimizer(spec, hp).init(params),
                     task=task, task_index=zero, step_index=zero, rng=rng,
+                    reference_means=_reference_means(spec, params, model_state, task, data),
+                    initial_layer_norms=probes.layer_param_norms(params),
                     target_params=params if spec.objective == "bandit" else None,
                     diverged_task=minus_one, diverged_step=minus_one)
+
+
+def _fresh_network(spec: EngineSpec, key: jax.Array):
+  """``(params, model_state)`` of a new initialisation from `key`."""
+  return models.init_variables(spec.model, key, jnp.zeros((1, spec.input_dim), jnp.float32))
 
 
 def _mark_diverged(state: TrainState, newly_diverged: jax.Array, step) -> TrainState:
@@ -186,10 +246,12 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   key_batch, key_objective = key, jax.random.fold_in(key, 1)
   shift = _shift(spec, hp, data)
   idx = shifts.sample_index(key_batch, state.task, spec.batch_size)
-  x, y = shift.apply(state.task, _inputs(data.images[idx]), data.labels[idx], idx,
+  x, y = shift.apply(state.task, _inputs(data.images[idx], data), data.labels[idx], idx,
                      state.step_index)
-  loss_fn = functools.partial(_loss, spec, hp, data, state, shift, x, y, key_objective)
-  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss_fn = functools.partial(_regularized_loss, spec, hp, data, state, shift, x, y,
+                              key_objective)
+  (_, (loss, accuracy, model_state)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   newly_diverged = ~state.diverged & ~jnp.isfinite(loss)
@@ -197,7 +259,7 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
   state = _mark_diverged(state, newly_diverged, state.step_index).replace(
       params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-      step_index=state.step_index + 1)
+      model_state=keep(model_state, state.model_state), step_index=state.step_index + 1)
   if spec.objective == "bandit":
     step = state.task_index * spec.steps_per_task + state.step_index
     sync = step % spec.target_update_period == 0
@@ -206,34 +268,73 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   return state, (loss, accuracy)
 
 
+def _regularized_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+                      shift: shifts.Shift, x, y, key, params):
+  """The training objective: `_loss` plus the regularisers the spec turns on.
+
+    total = loss + [coupled_l2] (l2 / 2) sum_masked ||p||^2
+                 + [grad_norm_penalty] grad_norm_penalty * ||grad_p loss||^2
+
+  Returns ``(total, (loss, accuracy, new_model_state))``.
+  """
+  loss, (accuracy, model_state) = _loss(spec, hp, data, state, shift, x, y, key, params)
+  total = loss
+  if spec.coupled_l2:
+    total += losses.l2_penalty(params, hp.l2, optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask])
+  if spec.grad_norm_penalty:
+    data_loss = lambda p: _loss(spec, hp, data, state, shift, x, y, key, p)[0]
+    total += losses.grad_norm_penalty(data_loss, params, strength=hp.grad_norm_penalty)
+  return total, (loss, accuracy, model_state)
+
+
+def _apply(spec: EngineSpec, params, model_state, x, train: bool):
+  return models.apply_model(spec.model, params, model_state,
+                            x.astype(jnp.float32), train=train)
+
+
 def _loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
           shift: shifts.Shift, x, y, key, params):
-  """The minibatch loss of `params` and its accuracy, by the sequence's objective.
+  """The minibatch loss of `params`, and (accuracy, new model state), by the objective.
 
   * classification: cross-entropy (with ``label_smoothing``) or, with
     ``loss = "mse"``, the squared error to ``target_scale * onehot(y)``;
     accuracy is that of the argmax.
-  * regression: the squared error to the task's targets; accuracy is NaN.
+  * regression: the squared error to the task's targets (``loss = "mse"``), or
+    the cross-entropy to their two-hot / HL-Gauss encoding over
+    ``spec.support`` (the prediction is then the expected value); accuracy is
+    NaN.
   * bandit: actions are epsilon-greedy in the Q-values (the outputs), the
     reward is 1 for the right class, and the loss is the squared TD error
     ``(Q(x, a) - r - gamma * max_a' Q_target(x', a'))^2`` with ``x'`` a fresh
     context drawn like x and ``Q_target`` the target network; accuracy is that
     of the greedy action.
   """
-  outputs = spec.model.apply({"params": params}, x)
+  outputs, model_state = _apply(spec, params, state.model_state, x, train=True)
   if spec.objective == "regression":
-    return jnp.mean(losses.mse(outputs, y)), jnp.float32(jnp.nan)
+    return _regression_loss(spec, outputs, y), (jnp.float32(jnp.nan), model_state)
   accuracy = jnp.mean(jnp.argmax(outputs, -1) == y)
   if spec.objective == "bandit":
-    return _td_loss(spec, hp, data, state, shift, outputs, y, key), accuracy
-  if spec.loss == "mse":
+    loss = _td_loss(spec, hp, data, state, shift, outputs, y, key)
+  elif spec.loss == "mse":
     onehot = jax.nn.one_hot(y, outputs.shape[-1], dtype=outputs.dtype)
-    return jnp.mean(losses.mse(outputs, state.task.target_scale * onehot)), accuracy
-  if spec.label_smoothing:
-    ce = losses.softmax_cross_entropy(outputs, y, spec.label_smoothing)
+    loss = jnp.mean(losses.mse(outputs, state.task.target_scale * onehot))
+  elif spec.label_smoothing:
+    loss = jnp.mean(losses.softmax_cross_entropy(outputs, y, spec.label_smoothing))
   else:
-    ce = optax.softmax_cross_entropy_with_integer_labels(outputs, y)
-  return jnp.mean(ce), accuracy
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, y))
+  return loss, (accuracy, model_state)
+
+
+def _regression_loss(spec: EngineSpec, outputs, targets):
+  """MSE, or cross-entropy to the two-hot / HL-Gauss encoding of each target."""
+  if spec.loss == "mse":
+    return jnp.mean(losses.mse(outputs, targets))
+  support = jnp.asarray(spec.support, jnp.float32)
+  logits = outputs.reshape(targets.shape + (support.shape[0],))
+  if spec.loss == "two_hot":
+    return jnp.mean(losses.two_hot_loss(logits, targets, support))
+  sigma = spec.hl_gauss_sigma * (spec.support[1] - spec.support[0])
+  return jnp.mean(losses.hl_gauss_loss(logits, targets, support, sigma))
 
 
 def _td_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
@@ -245,66 +346,227 @@ def _td_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   action = jnp.where(explore, jax.random.randint(key_action, (batch,), 0, q.shape[-1]), greedy)
   reward = (action == labels).astype(jnp.float32)
   next_idx = shifts.sample_index(key_next, state.task, batch)
-  x_next, _ = shift.apply(state.task, _inputs(data.images[next_idx]), data.labels[next_idx],
-                          next_idx, state.step_index)
-  q_next = spec.model.apply({"params": state.target_params}, x_next)
+  x_next, _ = shift.apply(state.task, _inputs(data.images[next_idx], data),
+                          data.labels[next_idx], next_idx, state.step_index)
+  q_next, _ = _apply(spec, state.target_params, state.model_state, x_next, train=False)
   target = jax.lax.stop_gradient(reward + hp.gamma * jnp.max(q_next, -1))
   q_taken = jnp.take_along_axis(q, action[:, None], -1)[:, 0]
   return jnp.mean(jnp.square(q_taken - target))
 
 
-def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData) -> dict:
-  """The mechanism probes on the fixed probe batch under the current task's inputs."""
-  x, _, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index]),
+def _reference_means(spec: EngineSpec, params, model_state, task: shifts.Task,
+                     data: TrainData) -> tuple:
+  """Per-unit mean preactivations on the probe batch: the reference for drift."""
+  if not spec.run_probes:
+    return ()
+  _, preacts, _ = _probe_outputs(spec, params, model_state, task, data)
+  return probe_suite.unit_means(preacts)
+
+
+def _probe_outputs(spec: EngineSpec, params, model_state, task: shifts.Task, data: TrainData):
+  """(outputs, preactivations, activations), float32, on the probe batch."""
+  x, _, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index], data),
                               data.probe_index, shifts.permutes_inputs(spec.shift))
-  _, preacts, acts = models.hidden_features(spec.model, params, x)
-  preacts, acts = ([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts))
-  units = jnp.array([a.shape[-1] for a in acts], jnp.float32)
-  weight = units / jnp.sum(units)
-  layer_dead = jnp.stack([probes.dormant_fraction(a, 0.0) for a in acts])
-  layer_dormant = jnp.stack([probes.dormant_fraction(a, spec.dormant_tau) for a in acts])
-  layer_linear = jnp.stack([probes.linearized_fraction(h) for h in preacts])
+  logits, preacts, acts = models.hidden_features(spec.model, params, x, model_state)
+  return (logits.astype(jnp.float32),
+          *([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts)))
+
+
+def _probe_batch(spec: EngineSpec, task: shifts.Task, data: TrainData):
+  """``(x, y)`` of the probe batch under `task`: labels, or regression targets."""
+  x, labels, targets = shifts.apply_task(
+      task, _inputs(data.images[data.probe_index], data), data.probe_index,
+      shifts.permutes_inputs(spec.shift))
+  return x, (targets if spec.objective == "regression" else labels)
+
+
+def _probe_loss_fn(spec: EngineSpec, model_state, target_scale):
+  """``loss(params, (x, y))``: the supervised loss the probes differentiate.
+
+  Classification: cross-entropy (or MSE to scaled one-hot targets with
+  ``loss = "mse"``); regression: MSE to the targets (distributional heads:
+  their cross-entropy); bandit: the squared error of every action's value to
+  its reward ``1[a = y]`` (the TD target with gamma = 0).
+  """
+
+  def loss(params, batch):
+    x, y = batch
+    out, _ = _apply(spec, params, model_state, x, train=False)
+    if spec.objective == "regression":
+      return _regression_loss(spec, out, y)
+    onehot = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
+    if spec.objective == "bandit":
+      return jnp.mean(losses.mse(out, onehot))
+    if spec.loss == "mse":
+      return jnp.mean(losses.mse(out, target_scale * onehot))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
+
+  return loss
+
+
+FIRST_LAYERS = {"MLP": "dense_0", "CNN": "conv_0", "ResNet": "stem_conv", "ViT": "patch_embed"}
+
+
+def _norm_growth(spec: EngineSpec, params, initial_layer_norms) -> jax.Array:
+  """How much faster the head's norm grew than the first layer's since initialisation."""
+  if initial_layer_norms is None:
+    return jnp.float32(1.0)
+  first = FIRST_LAYERS[type(spec.model).__name__]
+  ratios = probes.norm_growth_ratio(probes.layer_param_norms(params), initial_layer_norms,
+                                    first=first, last="head")
+  return ratios["last_over_first"]
+
+
+def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData,
+          model_state=None, reference_means: tuple | None = None,
+          initial_layer_norms: dict | None = None) -> dict:
+  """The every-task probes on the fixed probe batch under `task`'s inputs.
+
+  See `probe_suite.activation_probes`; adds the global and per-layer
+  parameter norms and the per-layer norms of the probe-batch loss gradient.
+  `reference_means` (per-unit mean preactivations at the task's start) defaults
+  to the current ones (drift 0); `initial_layer_norms` (the per-module norms at
+  initialisation) to the current ones (growth ratio 1).
+  """
+  model_state = model_state or {}
+  logits, preacts, acts = _probe_outputs(spec, params, model_state, task, data)
+  if reference_means is None:
+    reference_means = probe_suite.unit_means(preacts)
+  grads = jax.grad(_probe_loss_fn(spec, model_state, task.target_scale))(
+      params, _probe_batch(spec, task, data))
   return dict(
-      dead_fraction=jnp.sum(weight * layer_dead),
-      dormant_fraction=jnp.sum(weight * layer_dormant),
-      linearized_fraction=jnp.sum(weight * layer_linear),
-      effective_rank=probes.effective_rank(acts[-1]),
-      srank=probes.srank(acts[-1], spec.srank_delta),
+      **probe_suite.activation_probes(preacts, acts, logits, reference_means,
+                                      spec.probe_settings),
       param_norm=probes.param_norm(params),
       layer_param_norm=probes.layer_param_norms(params),
-      layer_dead_fraction=layer_dead,
+      layer_grad_norm=probes.layer_grad_norms(grads),
+      norm_growth_ratio=_norm_growth(spec, params, initial_layer_norms),
   )
 
 
-def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
-  """Trains on the current task, probes, then switches to the next task."""
+def expensive_probes(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+                     task_number) -> dict:
+  """Every expensive probe due at task `task_number` (0-based), NaN for the others.
+
+  Probe ``name`` is due when ``(task_number + 1) % <name>_every == 0``; the
+  condition must not depend on the seed (the engine passes the task number
+  from outside the seed vmap), so ``lax.cond`` skips the work.
+  """
+  settings = spec.probe_settings
+  out = {}
+  for i, name in enumerate(probe_suite.EXPENSIVE):
+    every = settings.every(name)
+    if not every:
+      out.update(probe_suite.not_measured(name))
+      continue
+    key = _stream(state.rng, _PROBE_STREAM, state.task_index * len(probe_suite.EXPENSIVE) + i)
+
+    def measure(state, name=name, key=key):
+      apply_fn = lambda p, x: _apply(spec, p, state.model_state, x, train=False)[0]
+      init_fn = lambda k: _fresh_network(spec, k)[0]
+      return probe_suite.expensive_probe(
+          name, settings, loss_fn=_probe_loss_fn(spec, state.model_state,
+                                                 state.task.target_scale),
+          apply_fn=apply_fn, init_fn=init_fn, optimizer=_optimizer(spec, hp),
+          params=state.params, batch=_probe_batch(spec, state.task, data), key=key)
+
+    due = (task_number + 1) % every == 0
+    out.update(jax.lax.cond(due, measure, lambda _, name=name: probe_suite.not_measured(name),
+                            state))
+  return out
+
+
+def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+             task_number=None):
+  """Trains on the current task, probes, then switches to the next task.
+
+  `task_number` is the task's index as a value shared by every seed (the
+  expensive probes' schedule reads it); it defaults to ``state.task_index``.
+  """
   step_keys = jax.random.split(_stream(state.rng, _STEP_STREAM, state.task_index),
                                spec.steps_per_task)
   step = functools.partial(train_step, spec, hp, data)
-  state, (losses, accuracies) = jax.lax.scan(step, state, step_keys)
+  state, (step_losses, accuracies) = jax.lax.scan(step, state, step_keys)
   bad_params = ~state.diverged & ~_all_finite(state.params)
   state = _mark_diverged(state, bad_params, spec.steps_per_task - 1)
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
-  probe_fn = functools.partial(probe, spec, state.params, state.task, data)
+  task_number = state.task_index if task_number is None else task_number
+
+  def probe_fn():
+    return {**probe(spec, state.params, state.task, data, state.model_state,
+                    state.reference_means, state.initial_layer_norms),
+            **expensive_probes(spec, hp, data, state, task_number)}
+
   if spec.run_probes:
     probe_values = probe_fn()
   else:
     probe_values = jax.tree.map(lambda s: jnp.full(s.shape, -1, s.dtype),
                                 jax.eval_shape(probe_fn))
-  metrics = TaskMetrics(train_loss=jnp.mean(losses[window]),
+  state, num_reset = _reset_at_task_end(spec, hp, data, state)
+  metrics = TaskMetrics(train_loss=jnp.mean(step_losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),
                         diverged_task=state.diverged_task,
-                        diverged_step=state.diverged_step, **probe_values)
+                        diverged_step=state.diverged_step, num_reset=num_reset,
+                        **probe_values)
   next_index = state.task_index + 1
   next_task = _shift(spec, hp, data).switch(_stream(state.rng, _TASK_STREAM, next_index),
                                             next_index, state.task)
-  return state.replace(task=next_task, task_index=next_index,
+  reference = _reference_means(spec, state.params, state.model_state, next_task, data)
+  return state.replace(task=next_task, task_index=next_index, reference_means=reference,
                        step_index=jnp.zeros_like(state.step_index)), metrics
 
 
 def _run_axes(hp: HParams):
   """vmap axes of `hp`: 0 for leaves with a leading run axis, None for shared scalars."""
   return jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hp)
+
+
+def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
+  """Applies ``spec.resets`` in order after every ``reset_period``-th task.
+
+  * ``redo``: `resets.redo` at ``redo_tau`` on the probe batch's activations
+    (and `resets.reset_norm_statistics`); Adam moments of the changed entries
+    zeroed, counts kept.
+  * ``shrink_and_perturb``: ``p <- shrink p + perturb p_fresh``; optimizer
+    state kept.
+  * ``head_reset``: the head re-initialised, its moments zeroed, counts kept.
+  * ``full_reset``: a fresh network and optimizer state (counts 0).
+
+  A diverged seed is left alone. Returns ``(state, units reset by ReDo or -1)``.
+  """
+  if not spec.resets:
+    return state, jnp.full([], -1, jnp.int32)
+  opt = _optimizer(spec, hp)
+  fresh_params, fresh_model_state = _fresh_network(
+      spec, _stream(state.rng, _RESET_STREAM, state.task_index))
+  params, opt_state, model_state = state.params, state.opt_state, state.model_state
+  num_reset = jnp.zeros([], jnp.int32)
+  for name in spec.resets:
+    if name == "redo":
+      layers = models.redo_layers(spec.model)
+      _, _, acts = _probe_outputs(spec, params, model_state, state.task, data)
+      params, opt_state, info = resets.redo(opt, params, opt_state, acts, fresh_params,
+                                            layers, spec.redo_tau)
+      model_state = resets.reset_norm_statistics(model_state, fresh_model_state, layers,
+                                                 info.unit_masks)
+      num_reset = num_reset + info.num_reset
+    elif name == "shrink_and_perturb":
+      params = resets.shrink_and_perturb(params, fresh_params, spec.shrink, spec.perturb)
+    elif name == "head_reset":
+      params, opt_state = resets.reset_head(opt, params, opt_state, fresh_params)
+    elif name == "full_reset":
+      params, opt_state = resets.full_reset(fresh_params, opt)
+      model_state = fresh_model_state
+    else:
+      raise ValueError(f"unknown reset {name!r}; choose from {', '.join(RESETS)}")
+  due = ((state.task_index + 1) % spec.reset_period == 0) & ~state.diverged
+  pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(due, n, o), new, old)
+  state = state.replace(params=pick(params, state.params),
+                        opt_state=pick(opt_state, state.opt_state),
+                        model_state=pick(model_state, state.model_state))
+  if "redo" not in spec.resets:
+    num_reset = jnp.full([], -1, jnp.int32)
+  return state, jnp.where(due, num_reset, 0) if "redo" in spec.resets else num_reset
 
 
 @functools.partial(jax.jit, static_argnames="spec")
@@ -320,20 +582,20 @@ def init_states(rngs: jax.Array, data: TrainData, hp: HParams, *, spec: EngineSp
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_tasks"), donate_argnums=0)
 def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineSpec,
-              num_tasks: int):
+              num_tasks: int, first_task=0):
   """`num_tasks` tasks for every run of `states` (leading axis): one program.
 
   `hp` is shared (scalar leaves) or per run (a leading run axis, as in
-  `init_states`). Returns the new states and `TaskMetrics` with leading axes
-  [run, task].
+  `init_states`). `first_task` (traced, shared by every run) is the index of
+  the first of these tasks, for the expensive probes' schedule. Returns the
+  new states and `TaskMetrics` with leading axes [run, task].
   """
+  numbers = jnp.asarray(first_task, jnp.int32) + jnp.arange(num_tasks, dtype=jnp.int32)
 
-  def one_run(state, run_hp):
-    state, metrics = jax.lax.scan(lambda s, _: run_task(spec, run_hp, data, s), state,
-                                  None, length=num_tasks)
-    return state, metrics
+  def one_run(state, run_hp, numbers):
+    return jax.lax.scan(lambda s, t: run_task(spec, run_hp, data, s, t), state, numbers)
 
-  return jax.vmap(one_run, in_axes=(0, _run_axes(hp)))(states, hp)
+  return jax.vmap(one_run, in_axes=(0, _run_axes(hp), None))(states, hp, numbers)
 
 
 # ----------------------------------------------------------------------------
@@ -347,13 +609,25 @@ def load_train_data(config: ml_collections.ConfigDict,
   `ds` is the config's training split when the caller has loaded it already.
   """
   if ds is None:
-    ds = data_lib.load(config.dataset, "train", config.data_dir or None)
+    ds = load_dataset(config, "train")
   n = config.num_examples or ds.images.shape[0]
-  images = ds.images[:n].reshape(n, -1)
+  images = ds.images[:n]
+  mean, std = np.zeros(images.shape[-1]), np.ones(images.shape[-1])
+  if config.normalization == "standardize":
+    mean, std = preprocess.channel_stats(images)
+  pixels = int(np.prod(images.shape[1:-1]))
+  per_dim = lambda v: jnp.asarray(np.tile(v, pixels), jnp.float32)  # HWC order
   probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
-  return TrainData(images=jnp.asarray(images), labels=jnp.asarray(ds.labels[:n]),
-                   probe_index=jnp.asarray(probe_index),
+  return TrainData(images=jnp.asarray(images.reshape(n, -1)),
+                   labels=jnp.asarray(ds.labels[:n]),
+                   probe_index=jnp.asarray(probe_index), mean=per_dim(mean), std=per_dim(std),
                    image_shape=tuple(int(d) for d in ds.images.shape[1:])), ds.num_classes
+
+
+def load_dataset(config: ml_collections.ConfigDict, split: str) -> data_lib.Dataset:
+  """`plastix.data.load` with the config's dataset, data_dir and manual_dir."""
+  return data_lib.load(config.dataset, split, config.data_dir or None,
+                       manual_dir=config.manual_dir or None)
 
 
 def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:
@@ -371,18 +645,46 @@ def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:
 
 
 def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
-  """The model's outputs: ``target_dim`` for regression targets, else the classes."""
+  """The model's outputs: ``target_dim`` (times the support's bins for a
+  distributional loss) for regression targets, else the classes."""
   if shifts.objective(config.shift) == "regression":
-    return int(config.shift_params.target_dim)
+    bins = config.loss.num_bins if loss_name(config) in DISTRIBUTIONAL_LOSSES else 1
+    return int(config.shift_params.target_dim) * int(bins)
   return num_classes
+
+
+DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
+DEFAULT_LOSSES = {"classification": "cross_entropy", "regression": "mse", "bandit": "td"}
+
+
+def loss_name(config: ml_collections.ConfigDict) -> str:
+  """``config.loss.name``, with "auto" resolved by the shift's objective
+  (cross_entropy, mse, or the bandit's TD loss)."""
+  if config.loss.name == "auto":
+    return DEFAULT_LOSSES[shifts.objective(config.shift)]
+  return config.loss.name
+
+
+def support(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The distributional losses' atoms: ``num_bins`` evenly spaced in [support_min, support_max]."""
+  if loss_name(config) not in DISTRIBUTIONAL_LOSSES:
+    return ()
+  atoms = np.linspace(config.loss.support_min, config.loss.support_max, config.loss.num_bins)
+  return tuple(float(a) for a in atoms)
+
+
+def reset_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """``config.resets.methods`` ("redo+head_reset") as a tuple of names; () for ""."""
+  methods = config.resets.methods.strip()
+  return tuple(p.strip() for p in methods.split("+")) if methods else ()
 
 
 def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
                 input_dim: int, image_shape: tuple[int, ...] = ()) -> EngineSpec:
   """The static part of a (resolved, single-intervention) config."""
-  m = config.model
-  model = models.MLP(hidden_sizes=(m.width,) * m.depth,
-                     num_outputs=num_outputs(config, num_classes), norm=m.norm, dtype=m.dtype)
+  model = models.create(config.model, num_outputs(config, num_classes),
+                        input_shape=tuple(image_shape) or None)
+  r = config.resets
   return EngineSpec(
       model=model, optimizer=config.optimizer.name,
       weight_decay_mask=config.optimizer.weight_decay_mask, shift=config.shift,
@@ -390,13 +692,30 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       steps_per_task=config.steps_per_task, batch_size=config.batch_size,
       accuracy_steps=accuracy_steps(config),
       random_initial_labels=config.shift_params.initial_labels == "random",
-      dormant_tau=float(config.probes.dormant_tau),
-      srank_delta=float(config.probes.srank_delta),
+      probe_settings=probe_settings(config),
       run_probes=bool(config.probes.enabled),
       shift_params=shift_params(config), image_shape=tuple(image_shape),
-      loss=config.loss.name, label_smoothing=float(config.loss.label_smoothing),
+      loss=loss_name(config), label_smoothing=float(config.loss.label_smoothing),
       bandit_epsilon=float(config.shift_params.bandit_epsilon),
-      target_update_period=int(config.shift_params.target_update_period))
+      target_update_period=int(config.shift_params.target_update_period),
+      coupled_l2=config.loss.l2 > 0, grad_norm_penalty=config.loss.grad_norm_penalty > 0,
+      l2_init=config.optimizer.l2_init > 0,
+      normalize_and_project=bool(config.optimizer.normalize_and_project),
+      support=support(config), hl_gauss_sigma=float(config.loss.hl_gauss_sigma),
+      resets=reset_names(config), reset_period=int(r.period_tasks),
+      redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb))
+
+
+def probe_settings(config: ml_collections.ConfigDict) -> probe_suite.ProbeSettings:
+  """`probe_suite.ProbeSettings` from the fields of ``config.probes`` it names."""
+  p = config.probes
+  fields = {}
+  for f in dataclasses.fields(probe_suite.ProbeSettings):
+    if f.name in p:
+      value = p[f.name]
+      fields[f.name] = tuple(float(v) for v in value) if f.name == "histogram_edges" else (
+          type(f.default)(value))
+  return probe_suite.ProbeSettings(**fields)
 
 
 def accuracy_steps(config: ml_collections.ConfigDict) -> int:
@@ -409,7 +728,9 @@ def hparams(config: ml_collections.ConfigDict) -> HParams:
   f = lambda v: jnp.asarray(v, jnp.float32)
   return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
                  b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
-                 shift_eps=f(config.shift_params.eps), gamma=f(config.shift_params.gamma))
+                 shift_eps=f(config.shift_params.eps), gamma=f(config.shift_params.gamma),
+                 l2=f(config.loss.l2), grad_norm_penalty=f(config.loss.grad_norm_penalty),
+                 l2_init=f(o.l2_init))
 
 
 def stack_hparams(points: list[HParams], repeats: int = 1) -> HParams:
@@ -441,8 +762,10 @@ def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"
 
   def train(key: jax.Array) -> TaskMetrics:
     state = init_state(spec, hp, data, key)
-    _, metrics = jax.lax.scan(lambda s, _: run_task(spec, hp, data, s), state, None,
-                              length=resolved.num_tasks)
+    # The task numbers do not depend on the key, so under vmap they stay shared
+    # and the expensive probes' lax.cond still skips work.
+    numbers = jnp.arange(resolved.num_tasks, dtype=jnp.int32)
+    _, metrics = jax.lax.scan(lambda s, t: run_task(spec, hp, data, s, t), state, numbers)
     return metrics
 
   return train

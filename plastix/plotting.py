@@ -1,7 +1,8 @@
-"""The plasticity figure: accuracy, dead units and parameter norm per task."""
+"""Figures: the plasticity figure, one figure per mechanism, preactivation histograms."""
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import matplotlib
@@ -18,30 +19,101 @@ PANELS = (("train_accuracy", "train accuracy (end of task)"),
           ("param_norm", "parameter norm"))
 
 
-def plot_plasticity(rows: Sequence[dict], interventions: Sequence[str], path: str,
-                    title: str = "") -> None:
-  """Saves a 1x3 figure: per intervention, the mean over seeds and its min-max band.
+MECHANISM_FIGURES = {
+    "units": (("dead_fraction", "dead-unit fraction"),
+              ("linearized_fraction", "linearized ReLU fraction"),
+              ("linearized_fraction_smooth", "near-constant units")),
+    "norm_sharpness": (("param_norm", "parameter norm"), ("sharpness", "top Hessian eigenvalue"),
+                       ("plasticity_probe_loss", "plasticity probe (vs fresh)")),
+    "ntk": (("ntk_diagonal_share", "NTK diagonal share"),
+            ("ntk_effective_rank", "NTK effective rank"),
+            ("ntk_top_eigenvalue_share", "NTK top-eigenvalue share")),
+    "features": (("feature_sv0", "top feature singular value"),
+                 ("effective_rank", "feature effective rank"),
+                 ("predictive_entropy", "predictive entropy")),
+    "preactivations": (("preact_drift", "preactivation drift in task"),
+                       ("preact_mean_spread", "spread of unit means"),
+                       ("gradient_alignment", "gradient alignment")),
+}
 
-  Seeds that diverged are left out, as they are from summary.json's means.
-  """
-  fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
-  for ax, (key, label) in zip(axes, PANELS):
-    for name in interventions:
-      curves = results.healthy_curves(rows, name, key)
-      if not curves.size:
-        continue
-      tasks = np.arange(curves.shape[1])
-      mean = np.nanmean(curves, axis=0)
-      (line,) = ax.plot(tasks, mean, label=name, lw=1.8)
-      ax.fill_between(tasks, np.nanmin(curves, 0), np.nanmax(curves, 0),
-                      color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xlabel("task")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+
+def _plot_curves(ax, rows, interventions, key, label):
+  """Mean over seeds and min-max band per condition; NaN tasks (probe skipped) left out."""
+  for name in interventions:
+    if not rows or key not in rows[0]:
+      continue
+    curves = results.healthy_curves(rows, name, key)
+    if not curves.size:
+      continue
+    tasks = np.arange(curves.shape[1])
+    measured = np.isfinite(curves).any(axis=0)
+    if not measured.any():
+      continue
+    with np.errstate(all="ignore"):
+      mean = np.nanmean(curves[:, measured], axis=0)
+      low, high = np.nanmin(curves[:, measured], 0), np.nanmax(curves[:, measured], 0)
+    (line,) = ax.plot(tasks[measured], mean, label=name, lw=1.8,
+                      marker="o" if not measured.all() else None, ms=3)
+    ax.fill_between(tasks[measured], low, high, color=line.get_color(), alpha=0.2, lw=0)
+  ax.set_xlabel("task")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_ylabel(label)
+  ax.grid(alpha=0.3)
+
+
+def plot_panels(rows: Sequence[dict], interventions: Sequence[str], panels, path: str,
+                title: str = "") -> None:
+  """Saves a row of panels, one per ``(column, label)``; per condition the mean over
+  seeds and its min-max band. Seeds that diverged are left out, as they are
+  from summary.json's means."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+  for ax, (key, label) in zip(np.atleast_1d(axes), panels):
+    _plot_curves(ax, rows, interventions, key, label)
+  np.atleast_1d(axes)[0].legend(fontsize=8)
   if title:
     fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_plasticity(rows: Sequence[dict], interventions: Sequence[str], path: str,
+                    title: str = "") -> None:
+  """Saves the 1x3 plasticity figure: accuracy, dead units and parameter norm per task."""
+  plot_panels(rows, interventions, PANELS, path, title)
+
+
+def plot_mechanisms(rows: Sequence[dict], interventions: Sequence[str], folder: str,
+                    title: str = "") -> list[str]:
+  """Saves ``mechanisms_<name>.png`` for each of `MECHANISM_FIGURES`; returns the paths."""
+  paths = []
+  for name, panels in MECHANISM_FIGURES.items():
+    path = os.path.join(folder, f"mechanisms_{name}.png")
+    plot_panels(rows, interventions, panels, path, title)
+    paths.append(path)
+  return paths
+
+
+def plot_histograms(histograms: dict, interventions: Sequence[str], path: str,
+                    num_times: int = 4) -> None:
+  """Per condition (rows) the first layer's histogram of per-unit mean
+  preactivations at `num_times` task ends spread over the run (columns),
+  summed over seeds: how the preactivation distribution drifts."""
+  edges = histograms["edges"]
+  names = [n for n in interventions if n in histograms]
+  if not names:
+    return
+  num_tasks = histograms[names[0]].shape[1]
+  times = sorted(set(np.linspace(0, num_tasks - 1, num_times).round().astype(int)))
+  fig, axes = plt.subplots(len(names), len(times), figsize=(3.2 * len(times), 2.4 * len(names)),
+                           squeeze=False)
+  centers, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
+  for i, name in enumerate(names):
+    for j, t in enumerate(times):
+      counts = histograms[name][:, t, 0].sum(axis=0)
+      axes[i, j].bar(centers, counts, width=width, color="C0")
+      axes[i, j].set_title(f"{name}, task {t}", fontsize=8)
+      axes[i, j].set_xlabel("unit mean preactivation (layer 0)", fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

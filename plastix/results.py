@@ -33,14 +33,20 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
 
   Run ``g * len(seeds) + s`` is grid point ``points[g]`` and seed ``seeds[s]``
   (without a grid, ``points = ({},)`` and runs are seeds). Per-layer values
-  become extra columns ``param_norm_<module>`` and ``dead_fraction_layer<i>``;
+  become extra columns ``param_norm_<module>``, ``grad_norm_<module>``,
+  ``dead_fraction_layer<i>``, ``preact_drift_layer<i>`` and
+  ``preact_mean_spread_layer<i>``, the top feature singular values
+  ``feature_sv<i>``; the preactivation histograms are not rows (see
+  `histogram_arrays`);
   with a grid, each row also gets ``hparams`` (the point's `grid.label`) and
   one column per grid field.
   """
-  m = {k: np.asarray(v) for k, v in metrics._asdict().items()
-       if k not in ("layer_param_norm", "layer_dead_fraction")}
+  m = {k: np.asarray(v) for k, v in metrics._asdict().items() if k not in _NOT_SCALAR}
   layer_norms = {k: np.asarray(v) for k, v in metrics.layer_param_norm.items()}
-  layer_dead = np.asarray(metrics.layer_dead_fraction)
+  grad_norms = {k: np.asarray(v) for k, v in metrics.layer_grad_norm.items()}
+  per_layer = {prefix: np.asarray(getattr(metrics, field))
+               for field, prefix in _PER_LAYER.items()}
+  singular = np.asarray(metrics.feature_singular_values)
   num_runs, num_tasks = m["train_loss"].shape
   if len(seeds) * len(points) != num_runs:
     raise ValueError(f"{len(seeds)} seeds x {len(points)} grid points for {num_runs} runs")
@@ -55,10 +61,30 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
       row.update({k: v[s, t].item() for k, v in m.items()})
       row["diverged"] = int(row["diverged_task"] >= 0)
       row.update({f"param_norm_{k}": v[s, t].item() for k, v in layer_norms.items()})
-      row.update({f"dead_fraction_layer{i}": layer_dead[s, t, i].item()
-                  for i in range(layer_dead.shape[-1])})
+      for prefix, values in per_layer.items():
+        row.update({f"{prefix}{i}": values[s, t, i].item() for i in range(values.shape[-1])})
+      row.update({f"grad_norm_{k}": v[s, t].item() for k, v in grad_norms.items()})
+      row.update({f"feature_sv{i}": singular[s, t, i].item()
+                  for i in range(singular.shape[-1])})
       rows.append(row)
   return rows
+
+
+_NOT_SCALAR = ("layer_param_norm", "layer_grad_norm", "layer_dead_fraction",
+               "layer_preact_drift", "layer_preact_mean_spread",
+               "feature_singular_values", "preact_histogram")
+_PER_LAYER = {"layer_dead_fraction": "dead_fraction_layer",
+              "layer_preact_drift": "preact_drift_layer",
+              "layer_preact_mean_spread": "preact_mean_spread_layer"}
+
+
+def histogram_arrays(condition_metrics: dict, edges) -> dict[str, np.ndarray]:
+  """histograms.npz's arrays: ``edges`` and, per condition, the histograms of
+  per-unit mean preactivations with axes [seed, task, layer, bin]."""
+  out = {"edges": np.asarray(edges, np.float32)}
+  for name, metrics in condition_metrics.items():
+    out[name] = np.asarray(metrics.preact_histogram)
+  return out
 
 
 def columns(rows: Iterable[dict]) -> list[str]:
@@ -91,6 +117,20 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
   writer.writeheader()
   writer.writerows(rows)
   _atomic_write(path, buf.getvalue())
+
+
+def write_npz(path: str, arrays: dict) -> None:
+  """Writes numpy `arrays` to `path` (``np.savez``) atomically."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+  os.close(fd)
+  try:
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -85,7 +85,7 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
     if progress is not None:
       progress(f"[{name}] resumed from checkpoint after task {done}/{resolved.num_tasks}")
   while done < resolved.num_tasks:
-    states, metrics = run_chunk(states, data, hp)
+    states, metrics = run_chunk(states, data, hp, first_task=done)
     chunks.append(sharding.to_host(metrics))
     done += chunk
     if ckpt is not None:

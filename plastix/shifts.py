@@ -89,7 +89,7 @@ class Task(NamedTuple):
   """Everything that defines one task; every field keeps its shape across tasks.
 
   ``N`` training examples, ``D`` input dimensions, ``R`` regression outputs
-  (0 unless the sequence has ``random_targets``).
+  (1 unused column of zeros unless the sequence has ``random_targets``).
   """
   labels: jax.Array             # int32 [N]: the label of each example.
   input_perm: jax.Array         # int32 [D]: x_task = x.reshape(-1)[input_perm] + input_offset.
@@ -459,7 +459,8 @@ class Shift:
 
   def init(self, key: jax.Array) -> Task:
     """Task 0 (see `initial_task`)."""
-    target_dim = self.ctx.params.target_dim if objective(self.name) == "regression" else 0
+    # Without regression targets one unused column (checkpoints cannot hold empty arrays).
+    target_dim = self.ctx.params.target_dim if objective(self.name) == "regression" else 1
     return initial_task(key, self.ctx, self.input_dim, self.random_initial_labels,
                         self.name, target_dim)
 

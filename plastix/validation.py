@@ -14,10 +14,14 @@ from plastix import interventions
 from plastix import models
 from plastix import optim
 from plastix import shifts
+from plastix.data import preprocess
 
-MODELS = ("mlp",)
 INITIAL_LABELS = ("random", "true")
-LOSSES = ("cross_entropy", "mse")
+LOSSES = {"classification": ("auto", "cross_entropy", "mse"),
+          "regression": ("auto", "mse", "two_hot", "hl_gauss"),
+          "bandit": ("auto",)}  # "auto": cross_entropy, mse, and the bandit's TD loss.
+RESETS = ("redo", "shrink_and_perturb", "head_reset", "full_reset")
+REDO_MODELS = ("mlp", "cnn")
 
 
 class ConfigError(ValueError):
@@ -68,9 +72,16 @@ def _parse_interventions(names):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises `ConfigError` for the first invalid field of an experiment config."""
+  """Raises `ConfigError` for the first invalid field of an experiment config,
+  or of the config as one of its interventions makes it."""
   _validate_fields(config)
   _validate_grid(config)
+  for name in interventions.parse_list(config.interventions):
+    try:
+      _validate_fields(interventions.apply(config, name))
+    except ConfigError as e:
+      raise ConfigError(e.field, f"{str(e).split(': ', 1)[1]} under intervention "
+                        f"{name!r}") from None
 
 
 def _validate_fields(config: ml_collections.ConfigDict) -> None:
@@ -88,8 +99,12 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "accuracy_window", lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
   _check_name(config, "interventions", _parse_interventions)
   _check(config, "intervention_params.weight_decay", lambda v: v >= 0, "must be >= 0")
-  _check(config, "model.name", _in(MODELS), f"choose one of {', '.join(MODELS)}")
+  _check(config, "model.name", _in(models.MODELS), f"choose one of {', '.join(models.MODELS)}")
   _check(config, "model.norm", _in(models.NORMS), f"choose one of {', '.join(models.NORMS)}")
+  _check(config, "model.activation", _in(models.ACTIVATIONS),
+         f"choose one of {', '.join(models.ACTIVATIONS)}")
+  _check(config, "normalization", _in(preprocess.NORMALIZATIONS),
+         f"choose one of {', '.join(preprocess.NORMALIZATIONS)}")
   _check(config, "model.dtype", _in(models.DTYPES), f"choose one of {', '.join(models.DTYPES)}")
   _check(config, "optimizer.name", _in(optim.OPTIMIZERS),
          f"choose one of {', '.join(optim.OPTIMIZERS)}")
@@ -101,14 +116,54 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "must be in [0, 1)")
   _check(config, "optimizer.eps", lambda v: v > 0, "must be > 0")
   _validate_shift_params(config)
-  _check(config, "loss.name", _in(LOSSES), f"choose one of {', '.join(LOSSES)}")
+  losses = LOSSES[shifts.objective(config.shift)]
+  _check(config, "loss.name", _in(losses), f"choose one of {', '.join(losses)} for "
+         f"{shifts.objective(config.shift)} (shift {config.shift!r})")
   _check(config, "loss.label_smoothing", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+  _check(config, "loss.num_bins", lambda v: _positive_int(v) and v >= 2,
+         "must be an integer >= 2")
+  _check(config, "loss.support_max", lambda v: v > config.loss.support_min,
+         "must be larger than loss.support_min")
+  _check(config, "loss.hl_gauss_sigma", lambda v: v > 0, "must be > 0")
+  for field in ("loss.l2", "loss.grad_norm_penalty", "optimizer.l2_init"):
+    _check(config, field, lambda v: v >= 0, "must be >= 0")
+  _validate_resets(config)
   if "target_scale" in shifts.parse_shift(config.shift) and (
-      shifts.objective(config.shift) == "classification" and config.loss.name != "mse"):
+      shifts.objective(config.shift) == "classification" and config.loss.name not in (
+          "mse",)):
     raise ConfigError("loss.name", "target_scale scales one-hot targets, so classification "
                       f"needs loss.name = 'mse' (got {config.loss.name!r})")
   _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
   _check(config, "probes.srank_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
+  _check(config, "probes.linearized_threshold", lambda v: v >= 0, "must be >= 0")
+  for field in ("top_singular_values", "hessian_iters", "ntk_examples", "alignment_examples",
+                "plasticity_targets", "plasticity_steps", "plasticity_batch"):
+    _check(config, f"probes.{field}", _positive_int, "must be a positive integer")
+  for name in ("sharpness", "ntk", "alignment", "plasticity"):
+    _check(config, f"probes.{name}_every", lambda v: isinstance(v, int) and v >= 0,
+           "must be an integer >= 0 (0 = never)")
+  for name in ("ntk", "alignment"):
+    if config.probes[f"{name}_every"]:
+      _check(config, f"probes.{name}_examples", lambda v: v <= config.probes.batch_size,
+             "must be at most probes.batch_size")
+
+
+def _validate_resets(config: ml_collections.ConfigDict) -> None:
+  methods = config.resets.methods.strip()
+  names = tuple(p.strip() for p in methods.split("+")) if methods else ()
+  for name in names:
+    if name not in RESETS:
+      raise ConfigError("resets.methods", f"unknown reset {name!r}; choose from "
+                        f"{', '.join(RESETS)} (combine with '+')")
+  if "redo" in names and config.model.name not in REDO_MODELS:
+    raise ConfigError("model.name", f"ReDo needs one of {', '.join(REDO_MODELS)} (units of "
+                      f"{config.model.name} write into residual streams)")
+  if "redo" in names and config.model.activation == "crelu":
+    raise ConfigError("model.activation", "ReDo does not support crelu (a unit feeds two "
+                      "inputs of the next layer)")
+  _check(config, "resets.period_tasks", _positive_int, "must be a positive integer")
+  for field in ("resets.redo_tau", "resets.shrink", "resets.perturb"):
+    _check(config, field, lambda v: v >= 0, "must be >= 0")
 
 
 def _validate_shift_params(config: ml_collections.ConfigDict) -> None:
@@ -160,6 +215,16 @@ def validate_against_data(config: ml_collections.ConfigDict, num_train: int,
       len(image_shape) != 3 or image_shape[0] != image_shape[1]):
     raise ConfigError("shift", f"rotation_flip needs square images; {config.dataset} has "
                       f"shape {tuple(image_shape)}")
+  for name in interventions.parse_list(config.interventions):
+    resolved = interventions.apply(config, name)
+    try:
+      models.create(resolved.model, 2, input_shape=tuple(image_shape) or None)
+    except ValueError as e:
+      message = str(e)
+      field = message.split(":", 1)[0]
+      raise ConfigError(field if field.startswith("model.") else "model",
+                        f"{message.split(': ', 1)[-1]} (dataset {config.dataset}, "
+                        f"intervention {name!r})") from None
   if config.probes.batch_size > n:
     raise ConfigError("probes.batch_size", f"{config.probes.batch_size} is larger "
                       f"than the {n} training examples in use")

@@ -48,18 +48,25 @@ def test_csv_round_trip_and_atomic_json(tmp_path):
 
 def test_metrics_to_rows_flattens_layers():
   z = np.zeros((2, 3))
-  metrics = engine.TaskMetrics(
-      train_loss=z, train_accuracy=z + 0.5, dead_fraction=z, dormant_fraction=z,
-      linearized_fraction=z, effective_rank=z, srank=z.astype(int), param_norm=z,
+  fields = dict(
+      train_loss=z, train_accuracy=z + 0.5,
       layer_param_norm={"dense_0": z + 1, "head": z + 2},
+      layer_grad_norm={"dense_0": z + 3, "head": z + 4},
       layer_dead_fraction=np.arange(12.0).reshape(2, 3, 2),
+      layer_preact_drift=np.zeros((2, 3, 2)), layer_preact_mean_spread=np.ones((2, 3, 2)),
+      feature_singular_values=np.arange(24.0).reshape(2, 3, 4),
+      preact_histogram=np.zeros((2, 3, 2, 5)),
       diverged_task=np.array([[-1, -1, -1], [-1, 1, 1]]),
       diverged_step=np.array([[-1, -1, -1], [-1, 4, 4]]))
+  metrics = engine.TaskMetrics(**{f: fields.get(f, z) for f in engine.TaskMetrics._fields})
   rows = results.metrics_to_rows("ln", metrics, [5, 6])
   assert len(rows) == 6
   assert rows[4]["seed"] == 6 and rows[4]["task"] == 1
-  assert rows[4]["param_norm_head"] == 2.0
+  assert rows[4]["param_norm_head"] == 2.0 and rows[4]["grad_norm_dense_0"] == 3.0
   assert rows[4]["dead_fraction_layer1"] == 9.0  # [seed 1, task 1, layer 1]
+  assert rows[4]["feature_sv2"] == 18.0  # [seed 1, task 1, value 2]
+  assert rows[4]["preact_mean_spread_layer1"] == 1.0
+  assert "preact_histogram" not in rows[4] and "sharpness" in rows[4]
   assert rows[4]["diverged"] == 1 and rows[4]["diverged_step"] == 4
   assert rows[3]["diverged"] == 0
 

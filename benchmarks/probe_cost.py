@@ -1,0 +1,90 @@
+r"""What each probe costs, relative to one training step of the default model.
+
+  python -m benchmarks.probe_cost
+
+The default study's model (a 2x256 ReLU MLP on 784-pixel inputs, Adam, batch
+128) and probe batch (512 images); each probe is jitted alone and timed as the
+fastest of several calls after a warm-up, then divided by the time of one
+training step (itself timed inside a 300-step scan, so per-call overhead is
+not counted against it). The every-task set runs once per task (300 steps by
+default), so its share of a run is its cost in steps divided by 300; an
+expensive probe run every N tasks costs ``steps / (300 N)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import dataclasses
+import functools
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per probe (the fastest counts).")
+
+
+def _best_time(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def main(argv):
+  del argv
+  from configs import shift  # pylint: disable=g-import-not-at-top
+  from plastix import engine, probe_suite  # pylint: disable=g-import-not-at-top
+
+  config = shift.get_config()
+  data, num_classes = engine.load_train_data(config)
+  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = engine.hparams(config)
+  state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
+  steps = spec.steps_per_task
+  keys = jax.random.split(jax.random.PRNGKey(1), steps)
+
+  @jax.jit
+  def train(state):
+    return jax.lax.scan(lambda s, k: engine.train_step(spec, hp, data, s, k), state, keys)[0]
+
+  step_s = _best_time(train, state, repeats=_REPEATS.value) / steps
+
+  every_task = jax.jit(lambda s: engine.probe(spec, s.params, s.task, data, s.model_state,
+                                              s.reference_means))
+  timings = {"every-task set": _best_time(every_task, state, repeats=_REPEATS.value)}
+  for name in probe_suite.EXPENSIVE:
+    settings = dataclasses.replace(spec.probe_settings, **{f"{name}_every": 1})
+    probe_spec = dataclasses.replace(spec, probe_settings=settings)
+    fn = jax.jit(functools.partial(engine.expensive_probes, probe_spec, hp, data, task_number=0))
+    timings[name] = _best_time(fn, state, repeats=_REPEATS.value)
+
+  s = spec.probe_settings
+  notes = {
+      "every-task set": "dead/dormant/linearized units, preactivation stats and drift, "
+                        "ranks, singular values, entropy, norms, layer gradient norms",
+      "sharpness": f"{s.hessian_iters} Hessian-vector products on {config.probes.batch_size} "
+                   "examples",
+      "ntk": f"empirical NTK on {s.ntk_examples} examples, trace over {num_classes} outputs",
+      "alignment": f"per-example gradients of {s.alignment_examples} examples",
+      "plasticity": f"{s.plasticity_targets} target(s) x {s.plasticity_steps} steps, "
+                    "probed and fresh network",
+  }
+  print(f"one training step: {1e3 * step_s:.2f} ms (batch {config.batch_size}, "
+        f"width {config.model.width}, {jax.devices()[0].platform})\n")
+  print("| probe | what | ms | training steps | share of a run if every task |")
+  print("|---|---|---|---|---|")
+  for name, t in timings.items():
+    print(f"| {name} | {notes[name]} | {1e3 * t:.1f} | {t / step_s:.1f} | "
+          f"{100 * t / (step_s * steps):.1f}% |")
+
+
+if __name__ == "__main__":
+  app.run(main)

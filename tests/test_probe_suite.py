@@ -1,0 +1,73 @@
+"""The probe set in the engine: values, schedule, and agreement with the probe functions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from plastix import engine, ntk, probe_suite, runner
+from tests.conftest import tiny_config
+
+
+def test_activation_probes_by_hand():
+  # One layer, 2 examples, 3 units: unit 0 dead, unit 1 always on, unit 2 mixed.
+  h = jnp.array([[-1.0, 2.0, 1.0], [-3.0, 4.0, -1.0]])
+  a = jax.nn.relu(h)
+  settings = probe_suite.ProbeSettings(linearized_threshold=1.5, top_singular_values=2,
+                                       histogram_edges=(-4.0, -1.0, 2.0, 5.0))
+  ref = (jnp.array([-2.0, 2.0, 0.0]),)
+  out = probe_suite.activation_probes([h], [a], jnp.zeros((2, 4)), ref, settings)
+  np.testing.assert_allclose(out["dead_fraction"], 1 / 3)
+  np.testing.assert_allclose(out["linearized_fraction"], 1 / 3)
+  # per-unit std over the batch: 1, 1, 1 -> all below 1.5
+  np.testing.assert_allclose(out["linearized_fraction_smooth"], 1.0)
+  # unit means -2, 3, 0: drift |0| + |1| + |0| over 3 units
+  np.testing.assert_allclose(out["preact_drift"], 1 / 3, rtol=1e-6)
+  np.testing.assert_allclose(out["preact_mean_spread"], np.std([-2.0, 3.0, 0.0]), rtol=1e-6)
+  np.testing.assert_allclose(out["predictive_entropy"], np.log(4.0), rtol=1e-6)
+  np.testing.assert_array_equal(out["preact_histogram"], [[1, 1, 1]])  # -2 | 0 | 3
+  np.testing.assert_allclose(out["feature_singular_values"],
+                             np.linalg.svd(np.asarray(a), compute_uv=False)[:2], rtol=1e-5)
+
+
+def test_expensive_probes_follow_their_schedule_and_match_the_functions():
+  config = tiny_config()
+  config.num_seeds = 1
+  config.probes.sharpness_every = 2
+  config.probes.ntk_every = 1
+  config.probes.ntk_examples = 8
+  data, num_classes = engine.load_train_data(config)
+  m = runner.run_intervention(config, "baseline", data, num_classes)
+  assert np.isnan(m.sharpness[0, [0, 2]]).all() and np.isfinite(m.sharpness[0, [1, 3]]).all()
+  assert np.isnan(m.gradient_alignment).all() and np.isnan(m.plasticity_probe_loss).all()
+  assert np.isfinite(m.ntk_effective_rank).all()
+
+  # The engine's NTK columns are ntk.ntk_stats of the network it probed.
+  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = engine.hparams(config)
+  state = engine.init_state(spec, hp, data, engine.seed_keys(config)[0])
+  values = engine.expensive_probes(spec, hp, data, state, jnp.int32(0))
+  x, _ = engine._probe_batch(spec, state.task, data)
+  apply_fn = lambda p, xs: spec.model.apply({"params": p}, xs)
+  stats = ntk.ntk_stats(ntk.ntk_gram(apply_fn, state.params, x, num_examples=8))
+  for key in ("diagonal_share", "effective_rank", "top_eigenvalue_share"):
+    np.testing.assert_allclose(values[f"ntk_{key}"], stats[key], rtol=1e-4)
+  assert np.isnan(values["sharpness"])  # task 0: (0 + 1) % 2 != 0
+
+
+def test_drift_is_measured_from_the_start_of_each_task():
+  config = tiny_config()
+  data, num_classes = engine.load_train_data(config)
+  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = engine.hparams(config)
+  state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
+  # Before any training the network is where the task started: no drift.
+  at_start = engine.probe(spec, state.params, state.task, data, state.model_state,
+                          state.reference_means)
+  assert float(at_start["preact_drift"]) == pytest.approx(0.0, abs=1e-7)
+  after, metrics = engine.run_task(spec, hp, data, state)
+  assert float(metrics.preact_drift) > 0
+  # The next task's reference is the trained network's means on its inputs.
+  again = engine.probe(spec, after.params, after.task, data, after.model_state,
+                       after.reference_means)
+  assert float(again["preact_drift"]) == pytest.approx(0.0, abs=1e-6)
