@@ -39,6 +39,7 @@ MECHANISM_FIGURES = {
 
 def _plot_curves(ax, rows, interventions, key, label):
   """Mean over seeds and min-max band per condition; NaN tasks (probe skipped) left out."""
+  drawn = False
   for name in interventions:
     if not rows or key not in rows[0]:
       continue
@@ -55,6 +56,10 @@ def _plot_curves(ax, rows, interventions, key, label):
     (line,) = ax.plot(tasks[measured], mean, label=name, lw=1.8,
                       marker="o" if not measured.all() else None, ms=3)
     ax.fill_between(tasks[measured], low, high, color=line.get_color(), alpha=0.2, lw=0)
+    drawn = True
+  if not drawn:
+    ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center",
+            transform=ax.transAxes, color="0.5")
   ax.set_xlabel("task")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_ylabel(label)
