@@ -142,6 +142,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.probes.srank_delta = 0.01
   config.probes.linearized_threshold = 0.1  # Smooth units: preactivation std below this.
   config.probes.top_singular_values = 4     # Of the penultimate features.
+  # Every N steps within a task (N divides steps_per_task; 0 = only at task ends):
+  # drift of per-unit mean preactivations since the task's start, and histograms.
+  config.probes.within_task_every = 0
   # Expensive probes every N tasks (0 = never); NaN columns on the tasks they skip.
   config.probes.sharpness_every = 0    # Top Hessian eigenvalue (power iteration).
   config.probes.hessian_iters = 20

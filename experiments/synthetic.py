@@ -204,7 +204,8 @@ def main(argv):
     for g, point in enumerate(points):
       runs = slice(g * len(seeds), (g + 1) * len(seeds))
       by_condition[grid_lib.condition(name, grid_lib.label(point))] = (
-          metrics._replace(preact_histogram=metrics.preact_histogram[runs]))
+          metrics._replace(preact_histogram=metrics.preact_histogram[runs],
+                           within_task_histogram=metrics.within_task_histogram[runs]))
     if primary:
       results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 
@@ -222,6 +223,10 @@ def main(argv):
     plotting.plot_mechanisms(rows, conditions, workdir, title=title)
     plotting.plot_histograms(histograms, conditions,
                              os.path.join(workdir, "preactivation_histograms.png"))
+    if config.probes.within_task_every:
+      plotting.plot_within_task_histograms(
+          histograms, conditions, config.probes.within_task_every,
+          os.path.join(workdir, "within_task_histograms.png"))
   print(f"\n{results.format_table(summary)}\n")
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)
 

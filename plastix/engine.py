@@ -108,8 +108,11 @@ class TrainData:
   images: jax.Array       # uint8 [N, D], flattened.
   labels: jax.Array       # int32 [N], the dataset's labels.
   probe_index: jax.Array  # int32 [P], the examples the probes run on.
-  mean: jax.Array | float = 0.0  # float32 [D]: inputs are (images / 255 - mean) / std.
+  # With `standardize`, inputs are (images / 255 - mean) / std (float32 [D]);
+  # otherwise images / 255 and mean and std are unused.
+  mean: jax.Array | float = 0.0
   std: jax.Array | float = 1.0
+  standardize: bool = flax.struct.field(pytree_node=False, default=False)
   image_shape: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())  # (H, W, C)
 
 
@@ -160,6 +163,8 @@ class TaskMetrics(NamedTuple):
   layer_preact_mean_spread: jax.Array  # [num_hidden_layers].
   norm_growth_ratio: jax.Array    # (|head| / |head_0|) / (|first| / |first_0|): 1 at init.
   preact_histogram: jax.Array     # [num_hidden_layers, bins] of per-unit mean preactivations.
+  within_task_drift: jax.Array    # [K] preact_drift after each of K equal parts of the task.
+  within_task_histogram: jax.Array  # [K, num_hidden_layers, bins] at the same times.
   sharpness: jax.Array            # expensive probes: NaN on the tasks they skip.
   ntk_diagonal_share: jax.Array
   ntk_off_diagonal_mass: jax.Array
@@ -176,7 +181,17 @@ class TaskMetrics(NamedTuple):
 
 def _inputs(images_uint8: jax.Array, data: TrainData) -> jax.Array:
   """uint8 pixels to float32: ``(p / 255 - mean) / std`` (mean 0, std 1: [0, 1] scaling)."""
-  return (images_uint8.astype(jnp.float32) / 255.0 - data.mean) / data.std
+  x = images_uint8.astype(jnp.float32) / 255.0
+  return (x - data.mean) / data.std if data.standardize else x
+
+
+def _sample(spec: EngineSpec, key, task: shifts.Task, data: TrainData, batch_size=None):
+  """Minibatch indices: uniform over the examples in play (all of them unless the
+  shift grows the task, which `shifts.sample_index` handles)."""
+  batch_size = spec.batch_size if batch_size is None else batch_size
+  if shifts.grows_tasks(spec.shift):
+    return shifts.sample_index(key, task, batch_size)
+  return jax.random.randint(key, (batch_size,), 0, data.images.shape[0])
 
 
 def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
@@ -245,7 +260,7 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   """
   key_batch, key_objective = key, jax.random.fold_in(key, 1)
   shift = _shift(spec, hp, data)
-  idx = shifts.sample_index(key_batch, state.task, spec.batch_size)
+  idx = _sample(spec, key_batch, state.task, data)
   x, y = shift.apply(state.task, _inputs(data.images[idx], data), data.labels[idx], idx,
                      state.step_index)
   loss_fn = functools.partial(_regularized_loss, spec, hp, data, state, shift, x, y,
@@ -345,7 +360,7 @@ def _td_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   explore = jax.random.uniform(key_explore, (batch,)) < spec.bandit_epsilon
   action = jnp.where(explore, jax.random.randint(key_action, (batch,), 0, q.shape[-1]), greedy)
   reward = (action == labels).astype(jnp.float32)
-  next_idx = shifts.sample_index(key_next, state.task, batch)
+  next_idx = _sample(spec, key_next, state.task, data, batch)
   x_next, _ = shift.apply(state.task, _inputs(data.images[next_idx], data),
                           data.labels[next_idx], next_idx, state.step_index)
   q_next, _ = _apply(spec, state.target_params, state.model_state, x_next, train=False)
@@ -486,22 +501,38 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   step_keys = jax.random.split(_stream(state.rng, _STEP_STREAM, state.task_index),
                                spec.steps_per_task)
   step = functools.partial(train_step, spec, hp, data)
-  state, (step_losses, accuracies) = jax.lax.scan(step, state, step_keys)
+  parts = within_task_parts(spec)
+  if parts > 1:
+    state, (step_losses, accuracies), within = _train_in_parts(spec, data, state, step,
+                                                               step_keys, parts)
+  else:
+    state, (step_losses, accuracies) = jax.lax.scan(step, state, step_keys)
   bad_params = ~state.diverged & ~_all_finite(state.params)
   state = _mark_diverged(state, bad_params, spec.steps_per_task - 1)
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
   task_number = state.task_index if task_number is None else task_number
 
   def probe_fn():
+    # Without probes there are no reference means (only shapes are traced then).
+    reference = state.reference_means if spec.run_probes else None
     return {**probe(spec, state.params, state.task, data, state.model_state,
-                    state.reference_means, state.initial_layer_norms),
+                    reference, state.initial_layer_norms),
             **expensive_probes(spec, hp, data, state, task_number)}
 
   if spec.run_probes:
-    probe_values = probe_fn()
+    probe_values = dict(probe_fn())
+    if parts > 1:
+      probe_values.update(within_task_drift=within[0], within_task_histogram=within[1])
+    else:
+      probe_values.update(within_task_drift=probe_values["preact_drift"][None],
+                          within_task_histogram=probe_values["preact_histogram"][None])
   else:
-    probe_values = jax.tree.map(lambda s: jnp.full(s.shape, -1, s.dtype),
-                                jax.eval_shape(probe_fn))
+    shapes = dict(jax.eval_shape(probe_fn))
+    shapes.update(within_task_drift=jax.ShapeDtypeStruct((parts,), jnp.float32),
+                  within_task_histogram=jax.ShapeDtypeStruct(
+                      (parts,) + shapes["preact_histogram"].shape,
+                      shapes["preact_histogram"].dtype))
+    probe_values = jax.tree.map(lambda s: jnp.full(s.shape, -1, s.dtype), shapes)
   state, num_reset = _reset_at_task_end(spec, hp, data, state)
   metrics = TaskMetrics(train_loss=jnp.mean(step_losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),
@@ -514,6 +545,38 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   reference = _reference_means(spec, state.params, state.model_state, next_task, data)
   return state.replace(task=next_task, task_index=next_index, reference_means=reference,
                        step_index=jnp.zeros_like(state.step_index)), metrics
+
+
+def within_task_parts(spec: EngineSpec) -> int:
+  """K, the parts of a task after which drift and histograms are measured (1: at its end)."""
+  every = spec.probe_settings.within_task_every
+  return spec.steps_per_task // every if (every and spec.run_probes) else 1
+
+
+def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, step_keys,
+                    parts: int):
+  """The task's steps as `parts` scans of equal length, measuring after each one
+  the drift of the per-unit mean preactivations since the task's start and
+  their histograms. The steps and their keys are those of one scan, so
+  training is unchanged.
+
+  Returns ``(state, (losses [S], accuracies [S]), (drift [K], histograms [K, L, bins]))``.
+  """
+  edges = jnp.asarray(spec.probe_settings.histogram_edges, jnp.float32)
+
+  def part(state, keys):
+    state, outputs = jax.lax.scan(step, state, keys)
+    _, preacts, _ = _probe_outputs(spec, state.params, state.model_state, state.task, data)
+    means = probe_suite.unit_means(preacts)
+    units = jnp.array([m.shape[0] for m in means], jnp.float32)
+    drift = jnp.sum(units / jnp.sum(units) * jnp.stack([
+        probes.mean_drift(m, r) for m, r in zip(means, state.reference_means)]))
+    hist = jnp.stack([probes.histogram(m, edges) for m in means])
+    return state, (outputs, (drift, hist))
+
+  keys = step_keys.reshape((parts, spec.steps_per_task // parts) + step_keys.shape[1:])
+  state, ((losses, accuracies), within) = jax.lax.scan(part, state, keys)
+  return state, (losses.reshape(-1), accuracies.reshape(-1)), within
 
 
 def _run_axes(hp: HParams):
@@ -612,15 +675,16 @@ def load_train_data(config: ml_collections.ConfigDict,
     ds = load_dataset(config, "train")
   n = config.num_examples or ds.images.shape[0]
   images = ds.images[:n]
-  mean, std = np.zeros(images.shape[-1]), np.ones(images.shape[-1])
+  mean, std = 0.0, 1.0  # [0, 1] scaling: no extra work in the step.
   if config.normalization == "standardize":
-    mean, std = preprocess.channel_stats(images)
-  pixels = int(np.prod(images.shape[1:-1]))
-  per_dim = lambda v: jnp.asarray(np.tile(v, pixels), jnp.float32)  # HWC order
+    pixels = int(np.prod(images.shape[1:-1]))
+    per_dim = lambda v: jnp.asarray(np.tile(v, pixels), jnp.float32)  # HWC order
+    mean, std = (per_dim(v) for v in preprocess.channel_stats(images))
   probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
   return TrainData(images=jnp.asarray(images.reshape(n, -1)),
                    labels=jnp.asarray(ds.labels[:n]),
-                   probe_index=jnp.asarray(probe_index), mean=per_dim(mean), std=per_dim(std),
+                   probe_index=jnp.asarray(probe_index), mean=mean, std=std,
+                   standardize=config.normalization == "standardize",
                    image_shape=tuple(int(d) for d in ds.images.shape[1:])), ds.num_classes
 
 

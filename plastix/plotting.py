@@ -122,3 +122,27 @@ def plot_histograms(histograms: dict, interventions: Sequence[str], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_within_task_histograms(histograms: dict, interventions: Sequence[str],
+                                every: int, path: str, task: int = -1) -> None:
+  """Per condition (rows) the first layer's histogram of per-unit mean
+  preactivations after every `every` steps of one task (columns; default the
+  last), summed over seeds: the drift after a task switch."""
+  edges = histograms["edges"]
+  names = [n for n in interventions if f"{n}/within_task" in histograms]
+  if not names:
+    return
+  parts = histograms[f"{names[0]}/within_task"].shape[2]
+  fig, axes = plt.subplots(len(names), parts, figsize=(2.6 * parts, 2.4 * len(names)),
+                           squeeze=False)
+  centers, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
+  for i, name in enumerate(names):
+    counts_all = histograms[f"{name}/within_task"][:, task]
+    label = task if task >= 0 else histograms[name].shape[1] + task
+    for j in range(parts):
+      axes[i, j].bar(centers, counts_all[:, j, 0].sum(axis=0), width=width, color="C1")
+      axes[i, j].set_title(f"{name}, task {label}, step {(j + 1) * every}", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -57,6 +57,7 @@ class ProbeSettings:
   plasticity_steps: int = 200
   plasticity_omega: float = 1e5
   plasticity_batch: int = 64
+  within_task_every: int = 0          # steps between within-task drift probes (0 = off).
 
   def every(self, name: str) -> int:
     return getattr(self, f"{name}_every")

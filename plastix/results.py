@@ -36,8 +36,9 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
   become extra columns ``param_norm_<module>``, ``grad_norm_<module>``,
   ``dead_fraction_layer<i>``, ``preact_drift_layer<i>`` and
   ``preact_mean_spread_layer<i>``, the top feature singular values
-  ``feature_sv<i>``; the preactivation histograms are not rows (see
-  `histogram_arrays`);
+  ``feature_sv<i>``, and with within-task probes ``preact_drift_part<j>`` (after
+  part j + 1 of K equal parts of the task); the preactivation histograms are
+  not rows (see `histogram_arrays`);
   with a grid, each row also gets ``hparams`` (the point's `grid.label`) and
   one column per grid field.
   """
@@ -47,6 +48,8 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
   per_layer = {prefix: np.asarray(getattr(metrics, field))
                for field, prefix in _PER_LAYER.items()}
   singular = np.asarray(metrics.feature_singular_values)
+  within = np.asarray(metrics.within_task_drift)
+  parts = within.shape[-1] if within.ndim == 3 else 1
   num_runs, num_tasks = m["train_loss"].shape
   if len(seeds) * len(points) != num_runs:
     raise ValueError(f"{len(seeds)} seeds x {len(points)} grid points for {num_runs} runs")
@@ -66,13 +69,16 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
       row.update({f"grad_norm_{k}": v[s, t].item() for k, v in grad_norms.items()})
       row.update({f"feature_sv{i}": singular[s, t, i].item()
                   for i in range(singular.shape[-1])})
+      if parts > 1:
+        row.update({f"preact_drift_part{j}": within[s, t, j].item() for j in range(parts)})
       rows.append(row)
   return rows
 
 
 _NOT_SCALAR = ("layer_param_norm", "layer_grad_norm", "layer_dead_fraction",
                "layer_preact_drift", "layer_preact_mean_spread",
-               "feature_singular_values", "preact_histogram")
+               "feature_singular_values", "preact_histogram", "within_task_drift",
+               "within_task_histogram")
 _PER_LAYER = {"layer_dead_fraction": "dead_fraction_layer",
               "layer_preact_drift": "preact_drift_layer",
               "layer_preact_mean_spread": "preact_mean_spread_layer"}
@@ -80,10 +86,13 @@ _PER_LAYER = {"layer_dead_fraction": "dead_fraction_layer",
 
 def histogram_arrays(condition_metrics: dict, edges) -> dict[str, np.ndarray]:
   """histograms.npz's arrays: ``edges`` and, per condition, the histograms of
-  per-unit mean preactivations with axes [seed, task, layer, bin]."""
+  per-unit mean preactivations at task ends, axes [seed, task, layer, bin], and
+  as ``<condition>/within_task`` after each of the K parts of every task, axes
+  [seed, task, part, layer, bin]."""
   out = {"edges": np.asarray(edges, np.float32)}
   for name, metrics in condition_metrics.items():
     out[name] = np.asarray(metrics.preact_histogram)
+    out[f"{name}/within_task"] = np.asarray(metrics.within_task_histogram)
   return out
 
 

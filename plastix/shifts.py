@@ -353,6 +353,19 @@ def objective(name: str) -> str:
   return "classification"
 
 
+GROWING = frozenset({"class_incremental", "growing_examples"})  # change the examples in play.
+
+
+def grows_tasks(name: str) -> bool:
+  """Whether shift `name` ever limits the examples in play (else all N are)."""
+  return any(part in GROWING for part in parse_shift(name))
+
+
+def adds_noise(name: str) -> bool:
+  """Whether shift `name` ever sets `Task.input_offset` (else it stays zero)."""
+  return "input_noise" in parse_shift(name)
+
+
 def permutes_inputs(name: str) -> bool:
   """Whether shift `name` ever changes `Task.input_perm` (else it stays the identity)."""
   return any(part in INPUT_SHIFTS for part in parse_shift(name))
@@ -411,7 +424,8 @@ def switch_task(name: str, key: jax.Array, task: Task, ctx: ShiftContext,
 
 
 def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
-               permute_inputs: bool = True, step=None, gradual: bool = False):
+               permute_inputs: bool = True, step=None, gradual: bool = False,
+               add_offset: bool = True):
   """Inputs and labels (or regression targets) of examples `example_index` under `task`.
 
   Args:
@@ -422,6 +436,8 @@ def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
       sequence whose shift never changes it (see `permutes_inputs`).
     step: the step within the task, for gradual drift.
     gradual: whether the sequence drifts gradually (see `is_gradual`).
+    add_offset: False skips adding ``task.input_offset``, for a sequence whose
+      shift never sets it (see `adds_noise`).
 
   Returns:
     ``(x_task [B, D], labels [B], targets [B, R])``, targets times
@@ -439,7 +455,8 @@ def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
       x = jnp.where(new_pixel[None, :], x[:, task.input_perm], x[:, task.prev_input_perm])
   elif permute_inputs:
     x = x[:, task.input_perm]
-  x = x + task.input_offset.astype(x.dtype)
+  if add_offset:
+    x = x + task.input_offset.astype(x.dtype)
   return x, labels, targets * task.target_scale
 
 
@@ -476,7 +493,7 @@ class Shift:
     """
     del y
     x, labels, targets = apply_task(task, x, index, permutes_inputs(self.name), step,
-                                    is_gradual(self.name))
+                                    is_gradual(self.name), adds_noise(self.name))
     return x, (targets if objective(self.name) == "regression" else labels)
 
 

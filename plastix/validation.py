@@ -139,6 +139,9 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   for field in ("top_singular_values", "hessian_iters", "ntk_examples", "alignment_examples",
                 "plasticity_targets", "plasticity_steps", "plasticity_batch"):
     _check(config, f"probes.{field}", _positive_int, "must be a positive integer")
+  _check(config, "probes.within_task_every",
+         lambda v: isinstance(v, int) and v >= 0 and (v == 0 or config.steps_per_task % v == 0),
+         "must be 0 or an integer that divides steps_per_task")
   for name in ("sharpness", "ntk", "alignment", "plasticity"):
     _check(config, f"probes.{name}_every", lambda v: isinstance(v, int) and v >= 0,
            "must be an integer >= 0 (0 = never)")

@@ -71,3 +71,20 @@ def test_drift_is_measured_from_the_start_of_each_task():
   again = engine.probe(spec, after.params, after.task, data, after.model_state,
                        after.reference_means)
   assert float(again["preact_drift"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_within_task_probes_leave_training_unchanged_and_end_at_the_task_end():
+  config = tiny_config()
+  config.num_seeds = 1
+  data, num_classes = engine.load_train_data(config)
+  plain = runner.run_intervention(config, "baseline", data, num_classes)
+  config.probes.within_task_every = 4  # 3 parts of the 12 steps
+  parts = runner.run_intervention(config, "baseline", data, num_classes)
+  np.testing.assert_array_equal(parts.train_loss, plain.train_loss)
+  np.testing.assert_array_equal(parts.param_norm, plain.param_norm)
+  assert parts.within_task_drift.shape == (1, config.num_tasks, 3)
+  assert parts.within_task_histogram.shape[2] == 3
+  # The last part ends where the task ends.
+  np.testing.assert_allclose(parts.within_task_drift[..., -1], parts.preact_drift, rtol=1e-5)
+  np.testing.assert_array_equal(parts.within_task_histogram[:, :, -1], parts.preact_histogram)
+  assert plain.within_task_drift.shape == (1, config.num_tasks, 1)
