@@ -8,7 +8,9 @@ minibatches sampled uniformly from 1,000 Fashion-MNIST images whose labels are
 reset every 300 steps. Modes:
 
 * ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
-  probes at every task end (``engine_noprobe``: the same without probes);
+  probes at every task end (``engine_noprobe``: the same without probes;
+  ``engine_rows``: with ``parallel_runs = 2``, two seeds side by side and
+  the rest in sequence inside the same program, for more than 2 seeds);
 * ``jax_loop``: the same flax model and optax optimizer, a jitted update per
   step called from a Python loop with numpy minibatches, seeds one after another;
 * ``torch``: a PyTorch eager reference (same model, Adam, batch size and
@@ -16,8 +18,9 @@ reset every 300 steps. Modes:
 
 It also measures the machine's dense float32 matmul peak (jnp.dot of 2048^2
 matrices) to report model-FLOPs utilisation: MFU = seed-steps/s * 6 * B *
-sum(fan_in * fan_out) / peak. Each cell is the fastest of three timed runs
-after a warm-up; results print as a markdown table.
+sum(fan_in * fan_out) / peak. Each cell is the fastest of ``--rounds`` (3)
+timed runs, each after a warm-up in its own process, taken in round-robin over
+the modes of a row group; results print as a markdown table.
 """
 
 from __future__ import annotations
@@ -41,15 +44,18 @@ from absl import app
 from absl import flags
 
 _MODE = flags.DEFINE_string("mode", None, "Internal: run one cell and print JSON.")
-_STEPS = flags.DEFINE_integer("steps", 1500, "Training steps per seed (multiple of 300).")
+_STEPS = flags.DEFINE_integer(
+    "steps", 1500, "Training steps per seed (multiple of 300); widths of 64 or less run "
+    "4x as many, so that every timed run lasts a second or more.")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "8"], "Seed counts to measure.")
 _WIDTHS = flags.DEFINE_list("widths", ["256", "32"], "MLP widths to measure.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
-MODES = ("engine", "engine_noprobe", "jax_loop", "torch")
-REPEATS = 3  # Each cell reports its fastest of this many timed runs.
+MODES = ("engine", "engine_noprobe", "engine_rows", "jax_loop", "torch")
+ROWS = 2  # engine_rows: the engine with config.parallel_runs = ROWS (runs > ROWS only).
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed runs per cell, taken in round-robin.")
 
 
 def model_flops_per_step(width: int) -> float:
@@ -72,12 +78,14 @@ def _config(width: int, num_seeds: int, num_tasks: int):
   return config
 
 
-def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True) -> dict:
+def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
+               parallel_runs: int = 0) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from plastix import engine  # pylint: disable=g-import-not-at-top
   num_tasks = steps // STEPS_PER_TASK
   config = _config(width, num_seeds, num_tasks)
   config.probes.enabled = probes
+  config.parallel_runs = parallel_runs
   data, num_classes = engine.load_train_data(config)
   spec = engine.engine_spec(config, num_classes, data.images.shape[1])
   hp = engine.hparams(config)
@@ -86,14 +94,11 @@ def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True) -> d
   compiled = engine.run_tasks.lower(states, data, hp, spec=spec, num_tasks=num_tasks).compile()
   compile_s = time.perf_counter() - start
   jax.block_until_ready(compiled(states, data, hp))  # warm-up (states are donated)
-  times = []
-  for _ in range(REPEATS):
-    states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
-    jax.block_until_ready(states)
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(states, data, hp))
-    times.append(time.perf_counter() - start)
-  return {"compile_s": compile_s, "run_s": min(times)}
+  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  jax.block_until_ready(states)
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(states, data, hp))
+  return {"compile_s": compile_s, "run_s": time.perf_counter() - start}
 
 
 def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
@@ -116,7 +121,7 @@ def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  def one_seed(seed):
+  def one_seed(seed, steps=steps):
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, INPUT_DIM)))["params"]
     opt_state = tx.init(params)
@@ -134,8 +139,8 @@ def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(step(params, tx.init(params), images[:BATCH], np.zeros(BATCH, np.int32)))
   compile_s = time.perf_counter() - start
-  run_s = min(sum(one_seed(seed) for seed in range(num_seeds)) for _ in range(REPEATS))
-  return {"compile_s": compile_s, "run_s": run_s}
+  one_seed(0, STEPS_PER_TASK)  # warm-up
+  return {"compile_s": compile_s, "run_s": sum(one_seed(seed) for seed in range(num_seeds))}
 
 
 def run_torch(width: int, num_seeds: int, steps: int) -> dict:
@@ -146,7 +151,7 @@ def run_torch(width: int, num_seeds: int, steps: int) -> dict:
   images = torch.from_numpy(
       ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0)
 
-  def one_seed(seed):
+  def one_seed(seed, steps=steps):
     torch.manual_seed(seed)
     layers, fan_in = [], INPUT_DIM
     for _ in range(DEPTH):
@@ -166,7 +171,8 @@ def run_torch(width: int, num_seeds: int, steps: int) -> dict:
       opt.step()
     return time.perf_counter() - start
 
-  run_s = min(sum(one_seed(seed) for seed in range(num_seeds)) for _ in range(REPEATS))
+  one_seed(0, STEPS_PER_TASK)  # warm-up
+  run_s = sum(one_seed(seed) for seed in range(num_seeds))
   return {"compile_s": 0.0, "run_s": run_s, "torch": torch.__version__,
           "torch_threads": torch.get_num_threads()}
 
@@ -209,11 +215,29 @@ def _cell(mode: str, width: int, num_seeds: int, steps: int) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _rounds(modes, width: int, num_seeds: int, steps: int) -> dict:
+  """Each mode's cell run `--rounds` times in round-robin (m1 m2 ... m1 m2 ...),
+  so that a slow spell of a shared machine hits every mode alike; per mode the
+  fastest run, its first compile time and its largest peak memory."""
+  best = {}
+  for _ in range(_ROUNDS.value):
+    for mode in modes:
+      c = _cell(mode, width, num_seeds, steps)
+      old = best.get(mode)
+      if old is None or "error" in old:
+        best[mode] = c
+      elif "error" not in c:
+        best[mode] = dict(old, run_s=min(old["run_s"], c["run_s"]),
+                          peak_rss_mib=max(old["peak_rss_mib"], c["peak_rss_mib"]))
+  return best
+
+
 def main(argv):
   del argv
   if _MODE.value:
     runners = {"engine": run_engine, "jax_loop": run_jax_loop, "torch": run_torch,
                "engine_noprobe": lambda w, s, n: run_engine(w, s, n, probes=False),
+               "engine_rows": lambda w, s, n: run_engine(w, s, n, parallel_runs=ROWS),
                "matmul": lambda w, s, n: {"flops": matmul_peak_flops()},
                "scaling": lambda w, s, n: task_scaling(w, s)}
     out = runners[_MODE.value](_WIDTH.value, _NSEEDS.value, _STEPS.value)
@@ -221,38 +245,39 @@ def main(argv):
     print(json.dumps(out))
     return
 
-  steps = _STEPS.value
   # The peak is the best of two measurements, before and after the cells: on a
   # shared machine a single one can come out low, which would inflate MFU.
-  peak = _cell("matmul", 0, 1, steps)["flops"]
+  peak = _cell("matmul", 0, 1, _STEPS.value)["flops"]
   rows = []
   for width in map(int, _WIDTHS.value):
+    steps = _STEPS.value * (4 if width <= 64 else 1)
     for num_seeds in map(int, _SEEDS.value):
-      cells = {m: _cell(m, width, num_seeds, steps) for m in MODES}
+      modes = [m for m in MODES if m != "engine_rows" or num_seeds > ROWS]
+      cells = _rounds(modes, width, num_seeds, steps)
       rate = {m: num_seeds * steps / c["run_s"] for m, c in cells.items() if "run_s" in c}
-      rows.append((width, num_seeds, cells, rate))
+      rows.append((width, num_seeds, steps, cells, rate))
       print(f"measured width {width}, {num_seeds} seeds", file=sys.stderr, flush=True)
-  peak = max(peak, _cell("matmul", 0, 1, steps)["flops"])
+  peak = max(peak, _cell("matmul", 0, 1, _STEPS.value)["flops"])
 
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {steps} steps per seed\n")
-  print("| width | seeds | mode | seed-steps/s | vs torch | vs jax_loop | MFU | compile s "
-        "| peak RSS MiB |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for width, num_seeds, cells, rate in rows:
+        f"dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {_ROUNDS.value} rounds\n")
+  print("| width | seeds | steps per seed | mode | seed-steps/s | vs torch | vs jax_loop | MFU "
+        "| compile s | peak RSS MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for width, num_seeds, steps, cells, rate in rows:
     for mode, c in cells.items():
       if "error" in c:
-        print(f"| {width} | {num_seeds} | {mode} | n/a ({c['error']}) | | | | | |")
+        print(f"| {width} | {num_seeds} | {steps} | {mode} | n/a ({c['error']}) | | | | | |")
         continue
       ratio = lambda ref, mode=mode: f"{rate[mode] / rate[ref]:.2f}x" if ref in rate else "n/a"
       mfu = rate[mode] * model_flops_per_step(width) / peak
-      print(f"| {width} | {num_seeds} | {mode} | {rate[mode]:.0f} | {ratio('torch')} | "
+      print(f"| {width} | {num_seeds} | {steps} | {mode} | {rate[mode]:.0f} | {ratio('torch')} | "
             f"{ratio('jax_loop')} | {100 * mfu:.1f}% | {c['compile_s']:.2f} | "
             f"{c['peak_rss_mib']:.0f} |")
     if "engine" in rate and "engine_noprobe" in rate:
-      print(f"|  |  | probe cost | {100 * (rate['engine_noprobe'] / rate['engine'] - 1):.1f}% "
+      print(f"|  |  |  | probe cost | {100 * (rate['engine_noprobe'] / rate['engine'] - 1):.1f}% "
             "of training time | | | | | |")
-  scaling = _cell("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]), steps)
+  scaling = _cell("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]), _STEPS.value)
   print("\ntask scaling (2 vs 20 tasks of the same chunk program): " + json.dumps(scaling))
 
 

@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_seeds = 3
   config.tasks_per_chunk = 5     # Progress and checkpoints after every chunk of tasks.
   config.shard_seeds = True      # Split the seeds over every device (a no-op on one).
+  # Runs (seeds x grid points) trained side by side at a time; the others run in
+  # sequence inside the same program (0 = all side by side). On a CPU, a
+  # matmul-bound model is faster with few side by side (see README, "Speed").
+  config.parallel_runs = 0
 
   # Multi-process jobs (one process per host): jax.distributed.initialize() with
   # these arguments; "" / -1 let JAX detect them (SLURM, Open MPI, TPU pods).

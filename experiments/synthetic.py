@@ -176,6 +176,11 @@ def main(argv):
       sharding.check_divisible(config.num_seeds * len(points), mesh)
     except ValueError as e:
       _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
+    try:
+      validation.check_parallel_runs(config.parallel_runs, config.num_seeds * len(points),
+                                     mesh.size)
+    except validation.ConfigError as e:
+      _fail(str(e))
 
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.name}-{stamp}")

@@ -43,6 +43,9 @@ from plastix import shifts
 # Independent PRNG streams derived from each seed's key.
 _INIT_STREAM, _TASK_STREAM, _STEP_STREAM, _RESET_STREAM, _PROBE_STREAM = 0, 1, 2, 3, 4
 RESETS = ("redo", "shrink_and_perturb", "head_reset", "full_reset")
+# `run_task` draws a task's minibatch indices up front when there are at most
+# this many (4 MiB of int32 per run); longer tasks draw them step by step.
+PRESAMPLE_LIMIT = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,9 @@ class EngineSpec:
   redo_tau: float = 0.1
   shrink: float = 0.8
   perturb: float = 0.2
+  # Runs (seeds x grid points) vmapped side by side in `run_tasks`; the rest
+  # run in sequence inside the same program (0: all side by side). See there.
+  parallel_runs: int = 0
 
   @property
   def objective(self) -> str:
@@ -250,17 +256,22 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
-               key: jax.Array):
+               key: jax.Array, idx: jax.Array | None = None):
   """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy)).
+
+  `idx` is the minibatch's example indices, ``_sample(spec, key, state.task,
+  data)`` when not given (`run_task` draws a whole task's indices at once,
+  the same numbers, so the step loop runs no PRNG of its own).
 
   A step whose loss is not finite is not applied and marks the seed diverged;
   a diverged seed takes no further steps. (Checking the loss, a scalar, lets
   XLA fuse the guard into the update; the parameters are checked once per task
   in `run_task`.)
   """
-  key_batch, key_objective = key, jax.random.fold_in(key, 1)
+  key_objective = jax.random.fold_in(key, 1)
   shift = _shift(spec, hp, data)
-  idx = _sample(spec, key_batch, state.task, data)
+  if idx is None:
+    idx = _sample(spec, key, state.task, data)
   x, y = shift.apply(state.task, _inputs(data.images[idx], data), data.labels[idx], idx,
                      state.step_index)
   loss_fn = functools.partial(_regularized_loss, spec, hp, data, state, shift, x, y,
@@ -500,13 +511,21 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   """
   step_keys = jax.random.split(_stream(state.rng, _STEP_STREAM, state.task_index),
                                spec.steps_per_task)
-  step = functools.partial(train_step, spec, hp, data)
+  # Every step's minibatch indices in one vectorised draw (the task is fixed
+  # within it): the same numbers as drawing them step by step, without a PRNG
+  # loop inside every step. Long tasks draw step by step, to bound memory.
+  if spec.steps_per_task * spec.batch_size <= PRESAMPLE_LIMIT:
+    step_inputs = (step_keys,
+                   jax.vmap(lambda k: _sample(spec, k, state.task, data))(step_keys))
+  else:
+    step_inputs = (step_keys,)
+  step = lambda s, inputs: train_step(spec, hp, data, s, *inputs)
   parts = within_task_parts(spec)
   if parts > 1:
     state, (step_losses, accuracies), within = _train_in_parts(spec, data, state, step,
-                                                               step_keys, parts)
+                                                               step_inputs, parts)
   else:
-    state, (step_losses, accuracies) = jax.lax.scan(step, state, step_keys)
+    state, (step_losses, accuracies) = jax.lax.scan(step, state, step_inputs)
   bad_params = ~state.diverged & ~_all_finite(state.params)
   state = _mark_diverged(state, bad_params, spec.steps_per_task - 1)
   window = slice(spec.steps_per_task - spec.accuracy_steps, None)
@@ -553,7 +572,7 @@ def within_task_parts(spec: EngineSpec) -> int:
   return spec.steps_per_task // every if (every and spec.run_probes) else 1
 
 
-def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, step_keys,
+def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, step_inputs,
                     parts: int):
   """The task's steps as `parts` scans of equal length, measuring after each one
   the drift of the per-unit mean preactivations since the task's start and
@@ -564,8 +583,8 @@ def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, 
   """
   edges = jnp.asarray(spec.probe_settings.histogram_edges, jnp.float32)
 
-  def part(state, keys):
-    state, outputs = jax.lax.scan(step, state, keys)
+  def part(state, inputs):
+    state, outputs = jax.lax.scan(step, state, inputs)
     _, preacts, _ = _probe_outputs(spec, state.params, state.model_state, state.task, data)
     means = probe_suite.unit_means(preacts)
     units = jnp.array([m.shape[0] for m in means], jnp.float32)
@@ -574,8 +593,9 @@ def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, 
     hist = jnp.stack([probes.histogram(m, edges) for m in means])
     return state, (outputs, (drift, hist))
 
-  keys = step_keys.reshape((parts, spec.steps_per_task // parts) + step_keys.shape[1:])
-  state, ((losses, accuracies), within) = jax.lax.scan(part, state, keys)
+  inputs = jax.tree.map(lambda a: a.reshape((parts, spec.steps_per_task // parts) + a.shape[1:]),
+                        step_inputs)
+  state, ((losses, accuracies), within) = jax.lax.scan(part, state, inputs)
   return state, (losses.reshape(-1), accuracies.reshape(-1)), within
 
 
@@ -628,8 +648,8 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
                         opt_state=pick(opt_state, state.opt_state),
                         model_state=pick(model_state, state.model_state))
   if "redo" not in spec.resets:
-    num_reset = jnp.full([], -1, jnp.int32)
-  return state, jnp.where(due, num_reset, 0) if "redo" in spec.resets else num_reset
+    return state, jnp.full([], -1, jnp.int32)
+  return state, jnp.where(due, num_reset, 0)
 
 
 @functools.partial(jax.jit, static_argnames="spec")
@@ -652,13 +672,34 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
   `init_states`). `first_task` (traced, shared by every run) is the index of
   the first of these tasks, for the expensive probes' schedule. Returns the
   new states and `TaskMetrics` with leading axes [run, task].
+
+  With ``spec.parallel_runs = b`` (0 < b < R runs), the R runs are arranged
+  as ``[b, R / b]``: the b rows are vmapped side by side and each row's R / b
+  runs go one after another (``vmap`` of ``lax.map``), so only b runs'
+  parameters and optimizer states are live at a time. On a CPU a
+  matmul-bound model trains faster that way (its working set stays in cache);
+  the results are those of the all-vmapped program. The run axis is split into
+  contiguous blocks, so a run sharding over d devices (d dividing b) becomes a
+  sharding of the b rows and each device keeps its own runs.
   """
   numbers = jnp.asarray(first_task, jnp.int32) + jnp.arange(num_tasks, dtype=jnp.int32)
 
-  def one_run(state, run_hp, numbers):
+  def one_run(state, run_hp):
     return jax.lax.scan(lambda s, t: run_task(spec, run_hp, data, s, t), state, numbers)
 
-  return jax.vmap(one_run, in_axes=(0, _run_axes(hp), None))(states, hp, numbers)
+  axes = _run_axes(hp)
+  num_runs = states.rng.shape[0]
+  rows = spec.parallel_runs
+  if not rows or rows >= num_runs:
+    return jax.vmap(one_run, in_axes=(0, axes))(states, hp)
+  if num_runs % rows:
+    raise ValueError(f"parallel_runs={rows} must divide the {num_runs} runs")
+  split = lambda x: x.reshape((rows, num_runs // rows) + x.shape[1:])
+  merge = lambda x: x.reshape((num_runs,) + x.shape[2:])
+  per_run_hp = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_runs,) + jnp.shape(x)[1:]), hp)
+  row = lambda row_states, row_hp: jax.lax.map(lambda a: one_run(*a), (row_states, row_hp))
+  out = jax.vmap(row)(jax.tree.map(split, states), jax.tree.map(split, per_run_hp))
+  return jax.tree.map(merge, out)
 
 
 # ----------------------------------------------------------------------------
@@ -767,7 +808,8 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       normalize_and_project=bool(config.optimizer.normalize_and_project),
       support=support(config), hl_gauss_sigma=float(config.loss.hl_gauss_sigma),
       resets=reset_names(config), reset_period=int(r.period_tasks),
-      redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb))
+      redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb),
+      parallel_runs=int(config.get("parallel_runs", 0)))
 
 
 def probe_settings(config: ml_collections.ConfigDict) -> probe_suite.ProbeSettings:

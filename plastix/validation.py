@@ -76,6 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   or of the config as one of its interventions makes it."""
   _validate_fields(config)
   _validate_grid(config)
+  _validate_parallel_runs(config)
   for name in interventions.parse_list(config.interventions):
     try:
       _validate_fields(interventions.apply(config, name))
@@ -198,6 +199,23 @@ def _validate_grid(config: ml_collections.ConfigDict) -> None:
       _validate_fields(grid_lib.apply_point(config, point))
     except ConfigError as e:
       raise ConfigError("grid", f"point {grid_lib.label(point)}: {e}") from None
+
+
+def _validate_parallel_runs(config: ml_collections.ConfigDict) -> None:
+  """0 (all runs side by side), or a divisor of the runs (seeds x grid points)."""
+  runs = config.num_seeds * len(grid_lib.points(config.grid))
+  _check(config, "parallel_runs", lambda v: isinstance(v, int) and v >= 0,
+         "must be an integer >= 0 (0 = every run side by side)")
+  _check(config, "parallel_runs", lambda v: v == 0 or v >= runs or runs % v == 0,
+         f"must divide the {runs} runs (num_seeds x grid points), or be 0")
+
+
+def check_parallel_runs(parallel_runs: int, num_runs: int, num_devices: int) -> None:
+  """With runs sharded over `num_devices`, rows of side-by-side runs must split
+  evenly over the devices too (each device then trains its own runs)."""
+  if 0 < parallel_runs < num_runs and parallel_runs % num_devices:
+    raise ConfigError("parallel_runs", f"must be a multiple of the {num_devices} devices "
+                      "the runs are split over (or 0)")
 
 
 def validate_against_data(config: ml_collections.ConfigDict, num_train: int,

@@ -102,6 +102,20 @@ def test_label_reset_engine_switches_labels_each_task(config):
     assert 0.75 < np.mean(prev != new) < 1.0  # eps = 1: about 9/10 change
 
 
+def test_presampled_minibatches_equal_step_by_step_draws(config, monkeypatch):
+  """run_task draws a task's minibatch indices up front (short tasks) or step by
+  step (past PRESAMPLE_LIMIT): the same indices, so the same training."""
+  config.shift = "label_reset+pixel_permutation"
+  _, data, _, spec, hp = _setup(config)
+  state = engine.init_state(spec, hp, data, engine.seed_keys(config, 1)[0])
+  assert spec.steps_per_task * spec.batch_size <= engine.PRESAMPLE_LIMIT
+  run = lambda: jax.jit(lambda s: engine.run_task(spec, hp, data, s))(state)
+  presampled = run()
+  monkeypatch.setattr(engine, "PRESAMPLE_LIMIT", 0)
+  step_by_step = run()
+  chex.assert_trees_all_equal(presampled, step_by_step)
+
+
 def test_sgd_step_matches_closed_form(config):
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.5

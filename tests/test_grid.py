@@ -77,6 +77,35 @@ def test_a_grid_in_one_program_equals_separate_runs():
       "num_seeds"] == 2
 
 
+@pytest.mark.parametrize("parallel_runs", [1, 2])
+def test_runs_in_rows_equal_runs_side_by_side(parallel_runs):
+  """parallel_runs trains the runs (here 2 grid points x 2 seeds, so per-run
+  hyperparameters) partly in sequence: same metrics and states."""
+  config = tiny_config()
+  config.num_tasks = 2
+  config.grid = "optimizer.learning_rate=1e-3,1e-2"
+  data, num_classes = engine.load_train_data(config)
+  hp = engine.stack_hparams([engine.hparams(grid.apply_point(config, p))
+                             for p in grid.points(config.grid)], repeats=config.num_seeds)
+  keys = jax.numpy.tile(engine.seed_keys(config), (2, 1))
+  out = {}
+  for rows in (0, parallel_runs):
+    config.parallel_runs = rows
+    spec = engine.engine_spec(config, num_classes, data.images.shape[1])
+    states = engine.init_states(keys, data, hp, spec=spec)
+    out[rows] = engine.run_tasks(states, data, hp, spec=spec, num_tasks=2)
+  chex.assert_trees_all_close(out[parallel_runs], out[0], rtol=1e-5, atol=1e-6)
+  assert out[0][1].train_loss.shape == (4, 2)
+  # The runs differ from each other, so an order mix-up would show.
+  assert not np.allclose(out[0][1].param_norm[0], out[0][1].param_norm[2])
+  config.parallel_runs = 3
+  with pytest.raises(validation.ConfigError, match="config.parallel_runs: must divide the 4"):
+    validation.validate(config)
+  with pytest.raises(validation.ConfigError, match="multiple of the 4 devices"):
+    validation.check_parallel_runs(2, 8, 4)
+  validation.check_parallel_runs(8, 8, 4)  # all side by side: fine on any device count
+
+
 def test_a_grid_point_overrides_the_intervention():
   config = tiny_config()
   config.grid = "optimizer.weight_decay=0.5"

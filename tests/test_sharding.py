@@ -31,6 +31,23 @@ SCRIPT = textwrap.dedent("""
                                      mesh=sharding.seed_mesh(jax.devices()[:1]))
     assert sharded.train_loss.shape[0] == 4
     chex.assert_trees_all_close(sharded, single, rtol=2e-5, atol=1e-6)
+    # Runs in rows (parallel_runs): 8 runs as 4 rows of 2 in sequence, a row per
+    # device, give the all-side-by-side metrics with no cross-device traffic.
+    config.num_seeds = 4
+    config.parallel_runs = 4
+    rows = runner.run_intervention(config, "baseline", data, num_classes, mesh=mesh)
+    config.parallel_runs = 0
+    flat = runner.run_intervention(config, "baseline", data, num_classes, mesh=mesh)
+    assert rows.train_loss.shape[0] == 8
+    chex.assert_trees_all_close(rows, flat, rtol=2e-5, atol=1e-6)
+    config.grid, config.num_seeds, config.parallel_runs = "", 8, 4
+    spec = engine.engine_spec(config, num_classes, data.images.shape[1])
+    keys = sharding.shard_seeds(engine.seed_keys(config), mesh)
+    data_r = sharding.replicate(data, mesh)
+    states = engine.init_states(keys, data_r, hp, spec=spec)
+    hlo = engine.run_tasks.lower(states, data_r, hp, spec=spec, num_tasks=1).compile().as_text()
+    for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce"):
+      assert collective not in hlo, collective
     try:
       sharding.check_divisible(4, sharding.seed_mesh(jax.devices()[:3]))
       raise SystemExit("4 seeds on 3 devices were not refused")
