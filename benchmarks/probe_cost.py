@@ -5,8 +5,8 @@ r"""What each probe costs, relative to one training step of the default model.
 The default study's model (a 2x256 ReLU MLP on 784-pixel inputs, Adam, batch
 128) and probe batch (512 images); each probe is jitted alone and timed as the
 fastest of several calls after a warm-up, then divided by the time of one
-training step (itself timed inside a 300-step scan, so per-call overhead is
-not counted against it). The every-task set runs once per task (300 steps by
+training step (one task's 300 steps and its switch to the next task, timed
+as the engine runs them with probes off, divided by 300). The every-task set runs once per task (300 steps by
 default), so its share of a run is its cost in steps divided by 300; an
 expensive probe run every N tasks costs ``steps / (300 N)``.
 """
@@ -49,12 +49,9 @@ def main(argv):
   hp = engine.hparams(config)
   state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
   steps = spec.steps_per_task
-  keys = jax.random.split(jax.random.PRNGKey(1), steps)
-
-  @jax.jit
-  def train(state):
-    return jax.lax.scan(lambda s, k: engine.train_step(spec, hp, data, s, k), state, keys)[0]
-
+  # One task as the engine trains it (its step scan and task switch), probes off.
+  no_probes = dataclasses.replace(spec, run_probes=False)
+  train = jax.jit(lambda s: engine.run_task(no_probes, hp, data, s)[0].params)
   step_s = _best_time(train, state, repeats=_REPEATS.value) / steps
 
   every_task = jax.jit(lambda s: engine.probe(spec, s.params, s.task, data, s.model_state,

@@ -42,7 +42,6 @@ from plastix import shifts
 
 # Independent PRNG streams derived from each seed's key.
 _INIT_STREAM, _TASK_STREAM, _STEP_STREAM, _RESET_STREAM, _PROBE_STREAM = 0, 1, 2, 3, 4
-RESETS = ("redo", "shrink_and_perturb", "head_reset", "full_reset")
 # `run_task` draws a task's minibatch indices up front when there are at most
 # this many (4 MiB of int32 per run); longer tasks draw them step by step.
 PRESAMPLE_LIMIT = 1 << 20
@@ -391,8 +390,7 @@ def _reference_means(spec: EngineSpec, params, model_state, task: shifts.Task,
 
 def _probe_outputs(spec: EngineSpec, params, model_state, task: shifts.Task, data: TrainData):
   """(outputs, preactivations, activations), float32, on the probe batch."""
-  x, _, _ = shifts.apply_task(task, _inputs(data.images[data.probe_index], data),
-                              data.probe_index, shifts.permutes_inputs(spec.shift))
+  x, _ = _probe_batch(spec, task, data)
   logits, preacts, acts = models.hidden_features(spec.model, params, x, model_state)
   return (logits.astype(jnp.float32),
           *([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts)))
@@ -587,11 +585,8 @@ def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, 
     state, outputs = jax.lax.scan(step, state, inputs)
     _, preacts, _ = _probe_outputs(spec, state.params, state.model_state, state.task, data)
     means = probe_suite.unit_means(preacts)
-    units = jnp.array([m.shape[0] for m in means], jnp.float32)
-    drift = jnp.sum(units / jnp.sum(units) * jnp.stack([
-        probes.mean_drift(m, r) for m, r in zip(means, state.reference_means)]))
-    hist = jnp.stack([probes.histogram(m, edges) for m in means])
-    return state, (outputs, (drift, hist))
+    drift, _ = probe_suite.mean_drift(means, state.reference_means)
+    return state, (outputs, (drift, probe_suite.mean_histograms(means, edges)))
 
   inputs = jax.tree.map(lambda a: a.reshape((parts, spec.steps_per_task // parts) + a.shape[1:]),
                         step_inputs)
@@ -641,7 +636,7 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
       params, opt_state = resets.full_reset(fresh_params, opt)
       model_state = fresh_model_state
     else:
-      raise ValueError(f"unknown reset {name!r}; choose from {', '.join(RESETS)}")
+      raise ValueError(f"unknown reset {name!r}; choose from {', '.join(resets.METHODS)}")
   due = ((state.task_index + 1) % spec.reset_period == 0) & ~state.diverged
   pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(due, n, o), new, old)
   state = state.replace(params=pick(params, state.params),
@@ -780,8 +775,7 @@ def support(config: ml_collections.ConfigDict) -> tuple[float, ...]:
 
 def reset_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """``config.resets.methods`` ("redo+head_reset") as a tuple of names; () for ""."""
-  methods = config.resets.methods.strip()
-  return tuple(p.strip() for p in methods.split("+")) if methods else ()
+  return resets.parse_methods(config.resets.methods)
 
 
 def engine_spec(config: ml_collections.ConfigDict, num_classes: int,

@@ -99,29 +99,35 @@ def plot_mechanisms(rows: Sequence[dict], interventions: Sequence[str], folder: 
   return paths
 
 
+def _histogram_grid(edges, panels, path: str, color: str, panel_width: float) -> None:
+  """Saves a grid of bar charts over the bins `edges`: ``panels[i][j]`` is
+  ``(counts [bins], title)``; the first column's x axis is labelled."""
+  rows, cols = len(panels), len(panels[0])
+  fig, axes = plt.subplots(rows, cols, figsize=(panel_width * cols, 2.4 * rows), squeeze=False)
+  centers, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
+  for i, row in enumerate(panels):
+    for j, (counts, title) in enumerate(row):
+      axes[i, j].bar(centers, counts, width=width, color=color)
+      axes[i, j].set_title(title, fontsize=7)
+    axes[i, 0].set_xlabel("unit mean preactivation (layer 0)", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_histograms(histograms: dict, interventions: Sequence[str], path: str,
                     num_times: int = 4) -> None:
   """Per condition (rows) the first layer's histogram of per-unit mean
   preactivations at `num_times` task ends spread over the run (columns),
   summed over seeds: how the preactivation distribution drifts."""
-  edges = histograms["edges"]
   names = [n for n in interventions if n in histograms]
   if not names:
     return
   num_tasks = histograms[names[0]].shape[1]
   times = sorted(set(np.linspace(0, num_tasks - 1, num_times).round().astype(int)))
-  fig, axes = plt.subplots(len(names), len(times), figsize=(3.2 * len(times), 2.4 * len(names)),
-                           squeeze=False)
-  centers, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
-  for i, name in enumerate(names):
-    for j, t in enumerate(times):
-      counts = histograms[name][:, t, 0].sum(axis=0)
-      axes[i, j].bar(centers, counts, width=width, color="C0")
-      axes[i, j].set_title(f"{name}, task {t}", fontsize=8)
-      axes[i, j].set_xlabel("unit mean preactivation (layer 0)", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  panels = [[(histograms[name][:, t, 0].sum(axis=0), f"{name}, task {t}") for t in times]
+            for name in names]
+  _histogram_grid(histograms["edges"], panels, path, color="C0", panel_width=3.2)
 
 
 def plot_within_task_histograms(histograms: dict, interventions: Sequence[str],
@@ -129,20 +135,13 @@ def plot_within_task_histograms(histograms: dict, interventions: Sequence[str],
   """Per condition (rows) the first layer's histogram of per-unit mean
   preactivations after every `every` steps of one task (columns; default the
   last), summed over seeds: the drift after a task switch."""
-  edges = histograms["edges"]
   names = [n for n in interventions if f"{n}/within_task" in histograms]
   if not names:
     return
-  parts = histograms[f"{names[0]}/within_task"].shape[2]
-  fig, axes = plt.subplots(len(names), parts, figsize=(2.6 * parts, 2.4 * len(names)),
-                           squeeze=False)
-  centers, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
-  for i, name in enumerate(names):
-    counts_all = histograms[f"{name}/within_task"][:, task]
+  panels = []
+  for name in names:
+    counts = histograms[f"{name}/within_task"][:, task]  # [seed, part, layer, bin]
     label = task if task >= 0 else histograms[name].shape[1] + task
-    for j in range(parts):
-      axes[i, j].bar(centers, counts_all[:, j, 0].sum(axis=0), width=width, color="C1")
-      axes[i, j].set_title(f"{name}, task {label}, step {(j + 1) * every}", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    panels.append([(counts[:, j, 0].sum(axis=0), f"{name}, task {label}, step {(j + 1) * every}")
+                   for j in range(counts.shape[1])])
+  _histogram_grid(histograms["edges"], panels, path, color="C1", panel_width=2.6)

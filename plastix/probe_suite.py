@@ -75,6 +75,24 @@ def unit_means(preactivations: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
   return tuple(probes.preactivation_stats(h)["unit_mean"] for h in preactivations)
 
 
+def unit_weights(per_layer_units: Sequence[jax.Array]) -> jax.Array:
+  """``[layers]``: each layer's share of all units (the last axis counts units)."""
+  units = jnp.array([u.shape[-1] for u in per_layer_units], jnp.float32)
+  return units / jnp.sum(units)
+
+
+def mean_drift(means: Sequence[jax.Array], reference_means: Sequence[jax.Array]):
+  """``(drift, layer_drift [layers])``: `probes.mean_drift` of each layer's unit
+  means from the reference, and its average over all units."""
+  layer_drift = jnp.stack([probes.mean_drift(m, r) for m, r in zip(means, reference_means)])
+  return jnp.sum(unit_weights(means) * layer_drift), layer_drift
+
+
+def mean_histograms(means: Sequence[jax.Array], edges: jax.Array) -> jax.Array:
+  """``[layers, bins]``: `probes.histogram` of each layer's unit means."""
+  return jnp.stack([probes.histogram(m, edges) for m in means])
+
+
 def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
                       logits: jax.Array, reference_means: Sequence[jax.Array],
                       settings: ProbeSettings) -> dict:
@@ -97,12 +115,11 @@ def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
     ``[layers]``: the per-layer values; and preact_histogram ``[layers, bins]``:
     counts of per-unit mean preactivations in ``histogram_edges``.
   """
-  units = jnp.array([a.shape[-1] for a in acts], jnp.float32)
-  weight = units / jnp.sum(units)
-  pre_units = jnp.array([h.shape[-1] for h in preacts], jnp.float32)
-  pre_weight = pre_units / jnp.sum(pre_units)
+  weight, pre_weight = unit_weights(acts), unit_weights(preacts)
   layer_mean = lambda f, hs, w: jnp.sum(w * jnp.stack([f(h) for h in hs]))
   stats = [probes.preactivation_stats(h) for h in preacts]
+  means = [st["unit_mean"] for st in stats]
+  drift, layer_drift = mean_drift(means, reference_means)
   features = _features(acts[-1])
   edges = jnp.asarray(settings.histogram_edges, jnp.float32)
   layer_dead = jnp.stack([probes.dormant_fraction(a, 0.0) for a in acts])
@@ -116,18 +133,16 @@ def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
           preacts, pre_weight),
       preact_mean_spread=jnp.sum(pre_weight * jnp.stack([s["spread_of_means"] for s in stats])),
       preact_std_mean=jnp.sum(pre_weight * jnp.stack([s["mean_of_stds"] for s in stats])),
-      preact_drift=jnp.sum(pre_weight * jnp.stack([
-          probes.mean_drift(s["unit_mean"], ref) for s, ref in zip(stats, reference_means)])),
+      preact_drift=drift,
       effective_rank=probes.effective_rank(features),
       srank=probes.srank(features, settings.srank_delta),
       feature_singular_values=probes.top_singular_values(features,
                                                          settings.top_singular_values),
       predictive_entropy=probes.predictive_entropy(logits.astype(jnp.float32)),
       layer_dead_fraction=layer_dead,
-      layer_preact_drift=jnp.stack([probes.mean_drift(st["unit_mean"], ref)
-                                    for st, ref in zip(stats, reference_means)]),
+      layer_preact_drift=layer_drift,
       layer_preact_mean_spread=jnp.stack([st["spread_of_means"] for st in stats]),
-      preact_histogram=jnp.stack([probes.histogram(s["unit_mean"], edges) for s in stats]),
+      preact_histogram=mean_histograms(means, edges),
   )
 
 

@@ -41,6 +41,17 @@ import optax
 from plastix import optim
 from plastix import probes
 
+# The resets an experiment can run at task ends, by name (``"redo+head_reset"``).
+METHODS = ("redo", "shrink_and_perturb", "head_reset", "full_reset")
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+  """``"redo+head_reset"`` as ``("redo", "head_reset")``; ``()`` for an empty string.
+  Names are not checked (see `METHODS`)."""
+  text = text.strip()
+  return tuple(p.strip() for p in text.split("+")) if text else ()
+
+
 # ``(layer, next_layer)``, or ``(layer, next_layer, norm)`` with norm a module
 # name or None (no norm to reset).
 LayerSpec = Union[Tuple[str, str], Tuple[str, str, Optional[str]]]

@@ -104,12 +104,13 @@ def columns(rows: Iterable[dict]) -> list[str]:
   return cols
 
 
-def _atomic_write(path: str, text: str) -> None:
+def _atomic_write(path: str, content: str | bytes) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
   try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
+    binary = isinstance(content, bytes)
+    with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+      f.write(content)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -130,16 +131,9 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
 
 def write_npz(path: str, arrays: dict) -> None:
   """Writes numpy `arrays` to `path` (``np.savez``) atomically."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  os.close(fd)
-  try:
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  _atomic_write(path, buf.getvalue())
 
 
 def write_json(path: str, obj: Any) -> None:

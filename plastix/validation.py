@@ -13,6 +13,7 @@ from plastix import grid as grid_lib
 from plastix import interventions
 from plastix import models
 from plastix import optim
+from plastix import resets
 from plastix import shifts
 from plastix.data import preprocess
 
@@ -20,7 +21,6 @@ INITIAL_LABELS = ("random", "true")
 LOSSES = {"classification": ("auto", "cross_entropy", "mse"),
           "regression": ("auto", "mse", "two_hot", "hl_gauss"),
           "bandit": ("auto",)}  # "auto": cross_entropy, mse, and the bandit's TD loss.
-RESETS = ("redo", "shrink_and_perturb", "head_reset", "full_reset")
 REDO_MODELS = ("mlp", "cnn")
 
 
@@ -130,8 +130,7 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
     _check(config, field, lambda v: v >= 0, "must be >= 0")
   _validate_resets(config)
   if "target_scale" in shifts.parse_shift(config.shift) and (
-      shifts.objective(config.shift) == "classification" and config.loss.name not in (
-          "mse",)):
+      shifts.objective(config.shift) == "classification" and config.loss.name != "mse"):
     raise ConfigError("loss.name", "target_scale scales one-hot targets, so classification "
                       f"needs loss.name = 'mse' (got {config.loss.name!r})")
   _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
@@ -153,12 +152,11 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_resets(config: ml_collections.ConfigDict) -> None:
-  methods = config.resets.methods.strip()
-  names = tuple(p.strip() for p in methods.split("+")) if methods else ()
+  names = resets.parse_methods(config.resets.methods)
   for name in names:
-    if name not in RESETS:
+    if name not in resets.METHODS:
       raise ConfigError("resets.methods", f"unknown reset {name!r}; choose from "
-                        f"{', '.join(RESETS)} (combine with '+')")
+                        f"{', '.join(resets.METHODS)} (combine with '+')")
   if "redo" in names and config.model.name not in REDO_MODELS:
     raise ConfigError("model.name", f"ReDo needs one of {', '.join(REDO_MODELS)} (units of "
                       f"{config.model.name} write into residual streams)")
