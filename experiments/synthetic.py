@@ -202,17 +202,21 @@ def main(argv):
   rows, by_condition = [], {}
   seeds = list(range(config.num_seeds))
   for name in names:
-    metrics = runner.run_intervention(
+    share = runner.run_intervention_share(
         config, name, data, num_classes, progress=say,
         checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
+    # Each process writes its share; process 0 merges them (None elsewhere).
+    metrics = runner.merge_over_processes(share, os.path.join(workdir, "shares", name),
+                                          config.num_seeds * len(points))
+    if metrics is None:
+      continue
     rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
     for g, point in enumerate(points):
       runs = slice(g * len(seeds), (g + 1) * len(seeds))
       by_condition[grid_lib.condition(name, grid_lib.label(point))] = (
           metrics._replace(preact_histogram=metrics.preact_histogram[runs],
                            within_task_histogram=metrics.within_task_histogram[runs]))
-    if primary:
-      results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
+    results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
 
   if not primary:
     return

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -36,11 +34,11 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def restore(self, tasks_done: int, states_like, metrics_like):
-    """Restores into the structure, shapes and dtypes of the `*_like` pytrees."""
-    target = {"states": states_like,
-              "metrics": jax.tree.map(np.asarray, metrics_like)}
+    """Restores into the structure, shapes, dtypes and placement of the `*_like`
+    pytrees (arrays, or `jax.ShapeDtypeStruct`s with a sharding)."""
+    target = {"states": states_like, "metrics": metrics_like}
     out = self._manager.restore(tasks_done, args=ocp.args.StandardRestore(target))
-    return out["states"], jax.tree.map(np.asarray, out["metrics"])
+    return out["states"], out["metrics"]
 
   def close(self) -> None:
     self._manager.close()

@@ -14,6 +14,7 @@ import os
 import tempfile
 from typing import Any, Iterable, Sequence
 
+import jax
 import numpy as np
 
 from plastix import grid as grid_lib
@@ -134,6 +135,42 @@ def write_npz(path: str, arrays: dict) -> None:
   buf = io.BytesIO()
   np.savez(buf, **arrays)
   _atomic_write(path, buf.getvalue())
+
+
+def _leaf_names(metrics) -> tuple[list[str], Any]:
+  flat, treedef = jax.tree_util.tree_flatten_with_path(metrics)
+  return [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat], treedef
+
+
+def write_share(path: str, runs: np.ndarray, metrics) -> None:
+  """One process's share of a multi-process job as an npz: ``runs`` (which
+  runs of the job its rows are) and every leaf of `metrics` by its pytree path
+  (``train_loss``, ``layer_param_norm/Dense_0``, ...)."""
+  names, _ = _leaf_names(metrics)
+  arrays = dict(zip(names, jax.tree.leaves(metrics)))
+  arrays["runs"] = np.asarray(runs)
+  write_npz(path, {k: np.asarray(v) for k, v in arrays.items()})
+
+
+def merge_shares(like, paths: Sequence[str], num_runs: int):
+  """The whole job's metrics, rows in run order, from the `write_share` files
+  `paths` of every process; `like` gives the pytree structure (any one
+  process's metrics). Raises ValueError if some run is in no file."""
+  names, treedef = _leaf_names(like)
+  merged = [None] * len(names)
+  covered = np.zeros(num_runs, bool)
+  for path in paths:
+    with np.load(path) as share:
+      runs = share["runs"]
+      for i, name in enumerate(names):
+        values = share[name]
+        if merged[i] is None:
+          merged[i] = np.zeros((num_runs,) + values.shape[1:], values.dtype)
+        merged[i][runs] = values
+      covered[runs] = True
+  if not covered.all():
+    raise ValueError(f"runs {np.flatnonzero(~covered).tolist()} are in none of {list(paths)}")
+  return jax.tree_util.tree_unflatten(treedef, merged)
 
 
 def write_json(path: str, obj: Any) -> None:

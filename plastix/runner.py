@@ -2,24 +2,29 @@
 
 `run_intervention` is the host loop: it compiles `engine.run_tasks` once per
 model structure, runs the tasks in equal chunks (so progress can be printed
-between them without new compilations) and returns numpy metrics.
+between them without new compilations) and returns numpy metrics;
+`run_intervention_share` is the same loop returning only this process's runs,
+for multi-process jobs.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from plastix import checkpointing
 from plastix import engine
 from plastix import grid as grid_lib
 from plastix import interventions
+from plastix import results
 from plastix import sharding
 
 
@@ -33,6 +38,12 @@ def chunk_length(num_tasks: int, tasks_per_chunk: int) -> int:
 
 def _concat_tasks(parts):
   return jax.tree.map(lambda *p: np.concatenate(p, axis=1), *parts)
+
+
+class RunShare(NamedTuple):
+  """The runs one process trained: `metrics` rows are runs `runs` of the job."""
+  runs: np.ndarray
+  metrics: engine.TaskMetrics
 
 
 def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.TrainData,
@@ -53,7 +64,29 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
 
   Returns `engine.TaskMetrics` as numpy arrays with leading axes [run, task],
   run ``g * num_seeds + s`` for grid point g and seed s (just [seed, task]
-  without a grid).
+  without a grid). In a multi-process job, where each process holds only its
+  share of the runs, use `run_intervention_share`.
+  """
+  share = run_intervention_share(config, name, data, num_classes, progress=progress,
+                                 checkpoint_dir=checkpoint_dir, mesh=mesh)
+  num_runs = share.metrics.train_loss.shape[0]
+  if not np.array_equal(share.runs, np.arange(num_runs)):
+    raise ValueError(f"this process holds runs {share.runs.tolist()} only; "
+                     "use run_intervention_share in a multi-process job")
+  return share.metrics
+
+
+def run_intervention_share(config: ml_collections.ConfigDict, name: str,
+                           data: engine.TrainData, num_classes: int,
+                           progress: Callable[[str], None] | None = None,
+                           checkpoint_dir: str | None = None,
+                           mesh: jax.sharding.Mesh | None = None) -> RunShare:
+  """`run_intervention`, returning only the runs this process's devices trained.
+
+  With a `mesh` spanning several processes, each process copies back only its
+  own runs' metrics (no gather), and checkpoints hold the metrics as global
+  arrays that each process writes its share of. With one process (or no
+  mesh), the share is every run.
   """
   resolved = interventions.apply(config, name)
   spec = engine.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
@@ -65,10 +98,12 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
   run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   start = time.perf_counter()
   keys = jnp.tile(engine.seed_keys(resolved), (len(points), 1))
+  num_runs = keys.shape[0]
   if mesh is not None:
-    sharding.check_divisible(keys.shape[0], mesh)
+    sharding.check_divisible(num_runs, mesh)
     keys, data, hp = (sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh),
                       sharding.shard_seeds(hp, mesh))
+  runs = sharding.process_rows(num_runs, mesh)
   states = engine.init_states(keys, data, hp, spec=spec)
   chunks, done = [], 0
   ckpt = checkpointing.Checkpointer(checkpoint_dir) if checkpoint_dir else None
@@ -79,21 +114,57 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
                        f"not fit {resolved.num_tasks} tasks in chunks of {chunk}")
     _, chunk_metrics = jax.eval_shape(run_chunk, states, data, hp)
     metrics_like = jax.tree.map(
-        lambda m: np.zeros((m.shape[0], done) + m.shape[2:], m.dtype), chunk_metrics)
+        lambda m: jax.ShapeDtypeStruct((m.shape[0], done) + m.shape[2:], m.dtype), chunk_metrics)
+    if mesh is None:
+      metrics_like = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metrics_like)
+    else:
+      placement = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.SEED_AXIS))
+      metrics_like = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=placement), metrics_like)
     states, restored = ckpt.restore(done, states, metrics_like)
-    chunks.append(restored)
+    chunks.append(sharding.local_rows(restored, runs))
     if progress is not None:
       progress(f"[{name}] resumed from checkpoint after task {done}/{resolved.num_tasks}")
   while done < resolved.num_tasks:
     states, metrics = run_chunk(states, data, hp, first_task=done)
-    chunks.append(sharding.to_host(metrics))
+    # Over every run, computed where the runs are (every process takes part).
+    accuracy = _mean_final_accuracy(metrics.train_accuracy)
+    chunks.append(sharding.local_rows(metrics, runs))
     done += chunk
     if ckpt is not None:
-      ckpt.save(done, states, _concat_tasks(chunks))
+      so_far = _concat_tasks(chunks)
+      ckpt.save(done, states, so_far if mesh is None else
+                sharding.from_local_rows(so_far, runs, num_runs, mesh))
     if progress is not None:
-      acc = np.mean(chunks[-1].train_accuracy[:, -1])
-      progress(f"[{name}] task {done}/{resolved.num_tasks}  train_accuracy {acc:.3f}  "
+      progress(f"[{name}] task {done}/{resolved.num_tasks}  train_accuracy "
+               f"{float(accuracy.addressable_data(0)):.3f}  "
                f"{time.perf_counter() - start:.1f}s")
   if ckpt is not None:
     ckpt.close()
-  return _concat_tasks(chunks)
+  return RunShare(runs, _concat_tasks(chunks))
+
+
+def merge_over_processes(share: RunShare, folder: str, num_runs: int):
+  """The whole job's metrics on process 0, None on the others.
+
+  Every process writes its share to ``<folder>/process_<i>.npz``
+  (`results.write_share`); after all have written (a barrier), process 0
+  reads and merges them (`results.merge_shares`). With one process, the share
+  is the whole job and nothing is written.
+  """
+  if jax.process_count() == 1:
+    return share.metrics
+  os.makedirs(folder, exist_ok=True)
+  path = lambda i: os.path.join(folder, f"process_{i}.npz")
+  results.write_share(path(jax.process_index()), share.runs, share.metrics)
+  multihost_utils.sync_global_devices(f"plastix shares in {folder}")
+  if jax.process_index() != 0:
+    return None
+  return results.merge_shares(share.metrics, [path(i) for i in range(jax.process_count())],
+                              num_runs)
+
+
+@jax.jit
+def _mean_final_accuracy(train_accuracy: jax.Array) -> jax.Array:
+  """Mean over runs of the accuracy on the chunk's last task."""
+  return jnp.mean(train_accuracy[:, -1])

@@ -83,6 +83,7 @@ def test_grid_run_writes_a_condition_per_point(tmp_path):
     (["--config.grid=model.width=8,16"], "config.grid"),
     (["--config.grid=optimizer.learning_rate=1e-3,-1"], "config.grid"),
     (["--config.parallel_runs=2"], "config.parallel_runs"),  # 3 seeds: must divide 3
+    (["--config.distributed.enabled=True", "--config.shard_seeds=False"], "config.shard_seeds"),
     (["--config.no_such_field=1"], "no_such_field"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, override, field):

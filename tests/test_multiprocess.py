@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/shift.py", "--config.num_examples=200", "--config.num_tasks=2",
         "--config.steps_per_task=10", "--config.batch_size=16", "--config.num_seeds=4",
@@ -31,9 +33,33 @@ def test_two_processes_match_one_process(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
 
   shared = tmp_path / "shared"
+  outs = _two_processes(shared)
+  assert "results in" in outs[0] and "[baseline] task 2/2" in outs[0]
+  # Only process 0 reports (the collectives library may print its own lines).
+  assert "results in" not in outs[1] and "[baseline]" not in outs[1]
+  for name in ("metrics.csv", "summary.json"):
+    assert (shared / name).read_bytes() == (single / name).read_bytes(), name
+  # Each process wrote its own runs (two devices, one seed each); process 0 merged them.
+  for i, runs in enumerate(([0, 1], [2, 3])):
+    with np.load(shared / "shares" / "baseline" / f"process_{i}.npz") as share:
+      np.testing.assert_array_equal(share["runs"], runs)
+      assert share["train_loss"].shape == (2, 2)
+  assert not (single / "shares").exists()  # one process: nothing to merge
+
+  # Again in the same workdir: each process restores its share of the
+  # checkpointed metrics, and the merged results are the same.
+  (shared / "metrics.csv").unlink()
+  outs = _two_processes(shared)
+  assert "resumed from checkpoint after task 2/2" in outs[0]
+  for name in ("metrics.csv", "summary.json"):
+    assert (shared / name).read_bytes() == (single / name).read_bytes(), name
+
+
+def _two_processes(workdir) -> list[str]:
+  """Runs the job as two processes of two devices each; their stdouts."""
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.synthetic", *ARGS, f"--workdir={shared}",
+      [sys.executable, "-m", "experiments.synthetic", *ARGS, f"--workdir={workdir}",
        "--config.distributed.enabled=True",
        f"--config.distributed.coordinator_address=localhost:{port}",
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
@@ -42,8 +68,4 @@ def test_two_processes_match_one_process(tmp_path):
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
-  assert "results in" in outs[0][0] and "[baseline] task 2/2" in outs[0][0]
-  # Only process 0 reports (the collectives library may print its own lines).
-  assert "results in" not in outs[1][0] and "[baseline]" not in outs[1][0]
-  for name in ("metrics.csv", "summary.json"):
-    assert (shared / name).read_bytes() == (single / name).read_bytes(), name
+  return [out for out, _ in outs]

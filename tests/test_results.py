@@ -1,5 +1,6 @@
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -87,3 +88,24 @@ def test_diverged_seeds_are_counted_and_excluded_from_means():
   assert s["num_diverged"] == 2 and s["plasticity_loss"] is None
   assert "n/a" in results.format_table({"interventions": {"baseline": s}})
   json.dumps(s, allow_nan=False)  # valid JSON: no NaN
+
+
+def test_shares_of_processes_merge_in_run_order(tmp_path):
+  def metrics(runs):
+    # Every leaf's value at run r is r (+ the layer's offset), so the merge is checkable.
+    r = np.asarray(runs, np.float32)[:, None] * np.ones((1, 3), np.float32)
+    fields = {f: r for f in engine.TaskMetrics._fields}
+    fields["layer_param_norm"] = {"dense_0": r + 100, "head": r + 200}
+    fields["layer_grad_norm"] = {}
+    fields["diverged_task"] = r.astype(np.int32)
+    return engine.TaskMetrics(**fields)
+
+  # Two processes holding interleaved runs, written in any order.
+  results.write_share(str(tmp_path / "process_1.npz"), np.array([1, 3]), metrics([1, 3]))
+  results.write_share(str(tmp_path / "process_0.npz"), np.array([0, 2]), metrics([0, 2]))
+  paths = [str(tmp_path / f"process_{i}.npz") for i in range(2)]
+  merged = results.merge_shares(metrics([0, 2]), paths, num_runs=4)
+  chex.assert_trees_all_equal(merged, metrics([0, 1, 2, 3]))
+  assert merged.diverged_task.dtype == np.int32
+  with pytest.raises(ValueError, match=r"runs \[1, 3\] are in none"):
+    results.merge_shares(metrics([0, 2]), paths[:1], num_runs=4)

@@ -48,6 +48,19 @@ SCRIPT = textwrap.dedent("""
     hlo = engine.run_tasks.lower(states, data_r, hp, spec=spec, num_tasks=1).compile().as_text()
     for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce"):
       assert collective not in hlo, collective
+    # A process's rows: every row here (one process), read shard by shard, and
+    # back to global arrays placed as shard_seeds places them.
+    tree = {"a": np.arange(24.0).reshape(8, 3), "b": np.arange(8, dtype=np.int32)}
+    placed = sharding.shard_seeds(tree, mesh)
+    rows = sharding.process_rows(8, mesh)
+    np.testing.assert_array_equal(rows, np.arange(8))
+    np.testing.assert_array_equal(sharding.process_rows(8, None), np.arange(8))
+    chex.assert_trees_all_equal(sharding.local_rows(placed, rows), tree)
+    chex.assert_trees_all_equal(sharding.local_rows(placed, np.array([5, 1])),
+                                jax.tree.map(lambda x: x[[5, 1]], tree))
+    back = sharding.from_local_rows(tree, rows, 8, mesh)
+    assert back["a"].sharding.is_equivalent_to(placed["a"].sharding, 2)
+    chex.assert_trees_all_equal(jax.device_get(back), tree)
     try:
       sharding.check_divisible(4, sharding.seed_mesh(jax.devices()[:3]))
       raise SystemExit("4 seeds on 3 devices were not refused")
