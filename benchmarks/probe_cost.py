@@ -41,12 +41,12 @@ def _best_time(fn, *args, repeats: int) -> float:
 def main(argv):
   del argv
   from configs import shift  # pylint: disable=g-import-not-at-top
-  from plastix import engine, probe_suite  # pylint: disable=g-import-not-at-top
+  from plastix import engine, from_config, probe_suite  # pylint: disable=g-import-not-at-top
 
   config = shift.get_config()
-  data, num_classes = engine.load_train_data(config)
-  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
-  hp = engine.hparams(config)
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = from_config.hparams(config)
   state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
   steps = spec.steps_per_task
   # One task as the engine trains it (its step scan and task switch), probes off.

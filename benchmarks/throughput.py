@@ -81,20 +81,20 @@ def _config(width: int, num_seeds: int, num_tasks: int):
 def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
                parallel_runs: int = 0) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from plastix import engine  # pylint: disable=g-import-not-at-top
+  from plastix import engine, from_config  # pylint: disable=g-import-not-at-top
   num_tasks = steps // STEPS_PER_TASK
   config = _config(width, num_seeds, num_tasks)
   config.probes.enabled = probes
   config.parallel_runs = parallel_runs
-  data, num_classes = engine.load_train_data(config)
-  spec = engine.engine_spec(config, num_classes, data.images.shape[1])
-  hp = engine.hparams(config)
-  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
+  hp = from_config.hparams(config)
+  states = engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
   start = time.perf_counter()
   compiled = engine.run_tasks.lower(states, data, hp, spec=spec, num_tasks=num_tasks).compile()
   compile_s = time.perf_counter() - start
   jax.block_until_ready(compiled(states, data, hp))  # warm-up (states are donated)
-  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  states = engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
   jax.block_until_ready(states)
   start = time.perf_counter()
   jax.block_until_ready(compiled(states, data, hp))
@@ -193,12 +193,12 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
 
 def task_scaling(width: int, num_seeds: int) -> dict:
   """Compilations and peak memory for a run of 2 chunks vs one of 20 chunks."""
-  from plastix import engine, runner  # pylint: disable=g-import-not-at-top
+  from plastix import engine, from_config, runner  # pylint: disable=g-import-not-at-top
   out = {}
   for num_tasks in (2, 20):
     config = _config(width, num_seeds, num_tasks)
     config.steps_per_task, config.tasks_per_chunk = 30, 1
-    data, num_classes = engine.load_train_data(config)
+    data, num_classes = from_config.load_train_data(config)
     runner.run_intervention(config, "baseline", data, num_classes)
     out[f"compiled_programs_after_{num_tasks}_tasks"] = engine.run_tasks._cache_size()
     out[f"peak_rss_mib_after_{num_tasks}_tasks"] = round(_peak_rss_mib(), 1)

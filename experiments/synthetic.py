@@ -188,12 +188,12 @@ def main(argv):
   resuming = _check_resumable(workdir, config_dict)
   _prepare_workdir(workdir)
 
-  from plastix import engine, plotting, runner  # pylint: disable=g-import-not-at-top
+  from plastix import from_config, plotting, runner  # pylint: disable=g-import-not-at-top
   if primary and not resuming:
     results.write_json(os.path.join(workdir, "config.json"), config_dict)
     results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
 
-  data, num_classes = engine.load_train_data(config, train_split)
+  data, num_classes = from_config.load_train_data(config, train_split)
   grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""
   say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
       f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
@@ -227,7 +227,7 @@ def main(argv):
   plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
                            title=title)
   if config.probes.enabled:
-    histograms = results.histogram_arrays(by_condition, engine.probe_settings(config).histogram_edges)
+    histograms = results.histogram_arrays(by_condition, from_config.probe_settings(config).histogram_edges)
     results.write_npz(os.path.join(workdir, "histograms.npz"), histograms)
     plotting.plot_mechanisms(rows, conditions, workdir, title=title)
     plotting.plot_histograms(histograms, conditions,

@@ -13,190 +13,39 @@ data is an argument, never a baked-in constant. `run_tasks` is jitted once per
 `EngineSpec` and task chunk length, so running more tasks (more chunks) never
 compiles again, and interventions that change only traced values (weight
 decay) share one program.
+
+The spec and pytrees are defined in `plastix.engine_types` (and re-exported
+here), the losses in `plastix.objectives`, and `plastix.from_config` builds the
+engine's arguments from a config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import NamedTuple
 
-import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from plastix import data as data_lib
-from plastix.data import preprocess
+from plastix import from_config
 from plastix import interventions
-from plastix import losses
 from plastix import models
+from plastix import objectives
 from plastix import optim
 from plastix import probe_suite
 from plastix import probes
 from plastix import resets
 from plastix import shifts
+from plastix.engine_types import EngineSpec, HParams, TaskMetrics, TrainData, TrainState
+
 
 # Independent PRNG streams derived from each seed's key.
 _INIT_STREAM, _TASK_STREAM, _STEP_STREAM, _RESET_STREAM, _PROBE_STREAM = 0, 1, 2, 3, 4
+
 # `run_task` draws a task's minibatch indices up front when there are at most
 # this many (4 MiB of int32 per run); longer tasks draw them step by step.
 PRESAMPLE_LIMIT = 1 << 20
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineSpec:
-  """Everything static about a run: changing a field compiles a new program."""
-  model: nn.Module
-  optimizer: str
-  weight_decay_mask: str
-  shift: str
-  num_classes: int
-  input_dim: int
-  steps_per_task: int
-  batch_size: int
-  accuracy_steps: int  # the last steps of each task averaged into train_accuracy.
-  random_initial_labels: bool
-  probe_settings: probe_suite.ProbeSettings
-  run_probes: bool = True  # False fills probe metrics with -1 (to time training alone).
-  shift_params: shifts.ShiftParams = shifts.ShiftParams()
-  image_shape: tuple[int, ...] = ()  # (H, W, C) of one example.
-  loss: str = "cross_entropy"  # see `loss_name` and `_loss`.
-  label_smoothing: float = 0.0
-  bandit_epsilon: float = 0.1      # contextual_bandit: epsilon-greedy exploration.
-  target_update_period: int = 100  # contextual_bandit: steps between target-network syncs.
-  # Regularisers whose strengths are traced `HParams`: on when True.
-  coupled_l2: bool = False         # loss += (l2 / 2) ||p||^2 over the decay mask.
-  grad_norm_penalty: bool = False  # loss += grad_norm_penalty * ||grad loss||^2.
-  l2_init: bool = False            # gradient += l2_init * (p - p_0) (optim.l2_init).
-  normalize_and_project: bool = False  # kernels projected to their init norm each step.
-  # Distributional regression heads: "two_hot" / "hl_gauss" over this support.
-  support: tuple[float, ...] = ()
-  hl_gauss_sigma: float = 0.75     # in units of the support's bin width.
-  # Resets at task ends, in order, every `reset_period` tasks.
-  resets: tuple[str, ...] = ()
-  reset_period: int = 1
-  redo_tau: float = 0.1
-  shrink: float = 0.8
-  perturb: float = 0.2
-  # Runs (seeds x grid points) vmapped side by side in `run_tasks`; the rest
-  # run in sequence inside the same program (0: all side by side). See there.
-  parallel_runs: int = 0
-
-  @property
-  def objective(self) -> str:
-    """"classification", "regression" or "bandit" (see `shifts.objective`)."""
-    return shifts.objective(self.shift)
-
-
-@flax.struct.dataclass
-class HParams:
-  """Traced hyperparameters (float32 scalars); vmappable over a grid."""
-  learning_rate: jax.Array
-  weight_decay: jax.Array
-  b1: jax.Array
-  b2: jax.Array
-  eps: jax.Array
-  shift_eps: jax.Array
-  gamma: jax.Array  # contextual_bandit: discount of the TD target.
-  l2: jax.Array = 0.0                 # coupled L2 strength (spec.coupled_l2).
-  grad_norm_penalty: jax.Array = 0.0  # (spec.grad_norm_penalty).
-  l2_init: jax.Array = 0.0            # (spec.l2_init).
-
-
-@flax.struct.dataclass
-class TrainData:
-  """The training set as device arrays, and the fixed probe batch."""
-  images: jax.Array       # uint8 [N, D], flattened.
-  labels: jax.Array       # int32 [N], the dataset's labels.
-  probe_index: jax.Array  # int32 [P], the examples the probes run on.
-  # With `standardize`, inputs are (images / 255 - mean) / std (float32 [D]);
-  # otherwise images / 255 and mean and std are unused.
-  mean: jax.Array | float = 0.0
-  std: jax.Array | float = 1.0
-  standardize: bool = flax.struct.field(pytree_node=False, default=False)
-  image_shape: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())  # (H, W, C)
-
-
-@flax.struct.dataclass
-class TrainState:
-  params: dict
-  model_state: dict      # non-parameter collections (BatchNorm statistics); {} if none.
-  opt_state: optax.OptState
-  task: shifts.Task
-  task_index: jax.Array  # int32: index of the current task.
-  step_index: jax.Array  # int32: step within the current task.
-  rng: jax.Array         # the seed's key; per-task keys are folded from it.
-  reference_means: tuple  # per layer, each unit's mean preactivation at the task's start.
-  initial_layer_norms: dict  # module name -> parameter norm at initialisation.
-  target_params: dict | None  # contextual_bandit: the TD target network; else None.
-  # Where the seed first produced a non-finite loss (checked every step) or
-  # non-finite parameters (checked at the end of every task); -1: never. From
-  # then on the seed is frozen (no update is applied to its parameters or
-  # optimizer state) while the other seeds of the program carry on.
-  diverged_task: jax.Array
-  diverged_step: jax.Array
-
-  @property
-  def diverged(self) -> jax.Array:
-    return self.diverged_task >= 0
-
-
-class TaskMetrics(NamedTuple):
-  """Per-task metrics; under the engine's scans each gains [seed, task] axes."""
-  train_loss: jax.Array           # mean minibatch loss over the last accuracy_steps.
-  train_accuracy: jax.Array       # mean minibatch accuracy over the same steps.
-  dead_fraction: jax.Array        # dormant fraction at tau = 0, all hidden units.
-  dormant_fraction: jax.Array     # dormant fraction at probes.dormant_tau.
-  linearized_fraction: jax.Array  # ReLU units positive on the whole probe batch.
-  linearized_fraction_smooth: jax.Array  # units with near-constant preactivation.
-  preact_mean_spread: jax.Array   # std over units of per-unit mean preactivations.
-  preact_std_mean: jax.Array      # mean over units of per-unit preactivation std.
-  preact_drift: jax.Array         # mean |unit mean - its value at the task's start|.
-  effective_rank: jax.Array       # of the last hidden layer's activations.
-  srank: jax.Array                # of the same features, delta = probes.srank_delta.
-  feature_singular_values: jax.Array  # [k] top singular values of those features.
-  predictive_entropy: jax.Array   # mean entropy of the softmax of the outputs.
-  param_norm: jax.Array           # global L2 norm.
-  layer_param_norm: dict          # module name -> L2 norm.
-  layer_grad_norm: dict           # module name -> L2 norm of the probe-batch gradient.
-  layer_dead_fraction: jax.Array  # [num_hidden_layers].
-  layer_preact_drift: jax.Array   # [num_hidden_layers].
-  layer_preact_mean_spread: jax.Array  # [num_hidden_layers].
-  norm_growth_ratio: jax.Array    # (|head| / |head_0|) / (|first| / |first_0|): 1 at init.
-  preact_histogram: jax.Array     # [num_hidden_layers, bins] of per-unit mean preactivations.
-  within_task_drift: jax.Array    # [K] preact_drift after each of K equal parts of the task.
-  within_task_histogram: jax.Array  # [K, num_hidden_layers, bins] at the same times.
-  sharpness: jax.Array            # expensive probes: NaN on the tasks they skip.
-  ntk_diagonal_share: jax.Array
-  ntk_off_diagonal_mass: jax.Array
-  ntk_effective_rank: jax.Array
-  ntk_top_eigenvalue_share: jax.Array
-  gradient_alignment: jax.Array
-  probe_loss: jax.Array
-  fresh_probe_loss: jax.Array
-  plasticity_probe_loss: jax.Array
-  diverged_task: jax.Array        # task of the first non-finite step so far, or -1.
-  diverged_step: jax.Array        # its step within that task, or -1.
-  num_reset: jax.Array            # units ReDo recycled at this task's end; -1 without ReDo.
-
-
-def _inputs(images_uint8: jax.Array, data: TrainData) -> jax.Array:
-  """uint8 pixels to float32: ``(p / 255 - mean) / std`` (mean 0, std 1: [0, 1] scaling)."""
-  x = images_uint8.astype(jnp.float32) / 255.0
-  return (x - data.mean) / data.std if data.standardize else x
-
-
-def _sample(spec: EngineSpec, key, task: shifts.Task, data: TrainData, batch_size=None):
-  """Minibatch indices: uniform over the examples in play (all of them unless the
-  shift grows the task, which `shifts.sample_index` handles)."""
-  batch_size = spec.batch_size if batch_size is None else batch_size
-  if shifts.grows_tasks(spec.shift):
-    return shifts.sample_index(key, task, batch_size)
-  return jax.random.randint(key, (batch_size,), 0, data.images.shape[0])
 
 
 def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
@@ -213,7 +62,8 @@ def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
 
 
 def _shift(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.Shift:
-  images = (_inputs(data.images, data) if spec.objective == "regression" else None)
+  images = (objectives.model_inputs(data.images, data) if spec.objective == "regression"
+            else None)
   ctx = shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps, images=images,
                             image_shape=spec.image_shape, params=spec.shift_params)
   return shifts.make_shift(spec.shift, ctx, spec.input_dim, spec.random_initial_labels)
@@ -258,9 +108,10 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
                key: jax.Array, idx: jax.Array | None = None):
   """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy)).
 
-  `idx` is the minibatch's example indices, ``_sample(spec, key, state.task,
-  data)`` when not given (`run_task` draws a whole task's indices at once,
-  the same numbers, so the step loop runs no PRNG of its own).
+  `idx` is the minibatch's example indices,
+  ``objectives.sample_indices(spec, key, state.task, data)`` when not given
+  (`run_task` draws a whole task's indices at once, the same numbers, so the
+  step loop runs no PRNG of its own).
 
   A step whose loss is not finite is not applied and marks the seed diverged;
   a diverged seed takes no further steps. (Checking the loss, a scalar, lets
@@ -270,10 +121,10 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   key_objective = jax.random.fold_in(key, 1)
   shift = _shift(spec, hp, data)
   if idx is None:
-    idx = _sample(spec, key, state.task, data)
-  x, y = shift.apply(state.task, _inputs(data.images[idx], data), data.labels[idx], idx,
-                     state.step_index)
-  loss_fn = functools.partial(_regularized_loss, spec, hp, data, state, shift, x, y,
+    idx = objectives.sample_indices(spec, key, state.task, data)
+  x, y = shift.apply(state.task, objectives.model_inputs(data.images[idx], data),
+                     data.labels[idx], idx, state.step_index)
+  loss_fn = functools.partial(objectives.regularized_loss, spec, hp, data, state, shift, x, y,
                               key_objective)
   (_, (loss, accuracy, model_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -291,92 +142,6 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
     state = state.replace(target_params=jax.tree.map(
         lambda p, t: jnp.where(sync, p, t), state.params, state.target_params))
   return state, (loss, accuracy)
-
-
-def _regularized_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
-                      shift: shifts.Shift, x, y, key, params):
-  """The training objective: `_loss` plus the regularisers the spec turns on.
-
-    total = loss + [coupled_l2] (l2 / 2) sum_masked ||p||^2
-                 + [grad_norm_penalty] grad_norm_penalty * ||grad_p loss||^2
-
-  Returns ``(total, (loss, accuracy, new_model_state))``.
-  """
-  loss, (accuracy, model_state) = _loss(spec, hp, data, state, shift, x, y, key, params)
-  total = loss
-  if spec.coupled_l2:
-    total += losses.l2_penalty(params, hp.l2, optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask])
-  if spec.grad_norm_penalty:
-    data_loss = lambda p: _loss(spec, hp, data, state, shift, x, y, key, p)[0]
-    total += losses.grad_norm_penalty(data_loss, params, strength=hp.grad_norm_penalty)
-  return total, (loss, accuracy, model_state)
-
-
-def _apply(spec: EngineSpec, params, model_state, x, train: bool):
-  return models.apply_model(spec.model, params, model_state,
-                            x.astype(jnp.float32), train=train)
-
-
-def _loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
-          shift: shifts.Shift, x, y, key, params):
-  """The minibatch loss of `params`, and (accuracy, new model state), by the objective.
-
-  * classification: cross-entropy (with ``label_smoothing``) or, with
-    ``loss = "mse"``, the squared error to ``target_scale * onehot(y)``;
-    accuracy is that of the argmax.
-  * regression: the squared error to the task's targets (``loss = "mse"``), or
-    the cross-entropy to their two-hot / HL-Gauss encoding over
-    ``spec.support`` (the prediction is then the expected value); accuracy is
-    NaN.
-  * bandit: actions are epsilon-greedy in the Q-values (the outputs), the
-    reward is 1 for the right class, and the loss is the squared TD error
-    ``(Q(x, a) - r - gamma * max_a' Q_target(x', a'))^2`` with ``x'`` a fresh
-    context drawn like x and ``Q_target`` the target network; accuracy is that
-    of the greedy action.
-  """
-  outputs, model_state = _apply(spec, params, state.model_state, x, train=True)
-  if spec.objective == "regression":
-    return _regression_loss(spec, outputs, y), (jnp.float32(jnp.nan), model_state)
-  accuracy = jnp.mean(jnp.argmax(outputs, -1) == y)
-  if spec.objective == "bandit":
-    loss = _td_loss(spec, hp, data, state, shift, outputs, y, key)
-  elif spec.loss == "mse":
-    onehot = jax.nn.one_hot(y, outputs.shape[-1], dtype=outputs.dtype)
-    loss = jnp.mean(losses.mse(outputs, state.task.target_scale * onehot))
-  elif spec.label_smoothing:
-    loss = jnp.mean(losses.softmax_cross_entropy(outputs, y, spec.label_smoothing))
-  else:
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, y))
-  return loss, (accuracy, model_state)
-
-
-def _regression_loss(spec: EngineSpec, outputs, targets):
-  """MSE, or cross-entropy to the two-hot / HL-Gauss encoding of each target."""
-  if spec.loss == "mse":
-    return jnp.mean(losses.mse(outputs, targets))
-  support = jnp.asarray(spec.support, jnp.float32)
-  logits = outputs.reshape(targets.shape + (support.shape[0],))
-  if spec.loss == "two_hot":
-    return jnp.mean(losses.two_hot_loss(logits, targets, support))
-  sigma = spec.hl_gauss_sigma * (spec.support[1] - spec.support[0])
-  return jnp.mean(losses.hl_gauss_loss(logits, targets, support, sigma))
-
-
-def _td_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
-             shift: shifts.Shift, q, labels, key):
-  key_explore, key_action, key_next = jax.random.split(key, 3)
-  batch = labels.shape[0]
-  greedy = jnp.argmax(q, -1)
-  explore = jax.random.uniform(key_explore, (batch,)) < spec.bandit_epsilon
-  action = jnp.where(explore, jax.random.randint(key_action, (batch,), 0, q.shape[-1]), greedy)
-  reward = (action == labels).astype(jnp.float32)
-  next_idx = _sample(spec, key_next, state.task, data, batch)
-  x_next, _ = shift.apply(state.task, _inputs(data.images[next_idx], data),
-                          data.labels[next_idx], next_idx, state.step_index)
-  q_next, _ = _apply(spec, state.target_params, state.model_state, x_next, train=False)
-  target = jax.lax.stop_gradient(reward + hp.gamma * jnp.max(q_next, -1))
-  q_taken = jnp.take_along_axis(q, action[:, None], -1)[:, 0]
-  return jnp.mean(jnp.square(q_taken - target))
 
 
 def _reference_means(spec: EngineSpec, params, model_state, task: shifts.Task,
@@ -399,33 +164,9 @@ def _probe_outputs(spec: EngineSpec, params, model_state, task: shifts.Task, dat
 def _probe_batch(spec: EngineSpec, task: shifts.Task, data: TrainData):
   """``(x, y)`` of the probe batch under `task`: labels, or regression targets."""
   x, labels, targets = shifts.apply_task(
-      task, _inputs(data.images[data.probe_index], data), data.probe_index,
+      task, objectives.model_inputs(data.images[data.probe_index], data), data.probe_index,
       shifts.permutes_inputs(spec.shift))
   return x, (targets if spec.objective == "regression" else labels)
-
-
-def _probe_loss_fn(spec: EngineSpec, model_state, target_scale):
-  """``loss(params, (x, y))``: the supervised loss the probes differentiate.
-
-  Classification: cross-entropy (or MSE to scaled one-hot targets with
-  ``loss = "mse"``); regression: MSE to the targets (distributional heads:
-  their cross-entropy); bandit: the squared error of every action's value to
-  its reward ``1[a = y]`` (the TD target with gamma = 0).
-  """
-
-  def loss(params, batch):
-    x, y = batch
-    out, _ = _apply(spec, params, model_state, x, train=False)
-    if spec.objective == "regression":
-      return _regression_loss(spec, out, y)
-    onehot = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
-    if spec.objective == "bandit":
-      return jnp.mean(losses.mse(out, onehot))
-    if spec.loss == "mse":
-      return jnp.mean(losses.mse(out, target_scale * onehot))
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
-
-  return loss
 
 
 FIRST_LAYERS = {"MLP": "dense_0", "CNN": "conv_0", "ResNet": "stem_conv", "ViT": "patch_embed"}
@@ -456,7 +197,7 @@ def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData,
   logits, preacts, acts = _probe_outputs(spec, params, model_state, task, data)
   if reference_means is None:
     reference_means = probe_suite.unit_means(preacts)
-  grads = jax.grad(_probe_loss_fn(spec, model_state, task.target_scale))(
+  grads = jax.grad(objectives.probe_loss_fn(spec, model_state, task.target_scale))(
       params, _probe_batch(spec, task, data))
   return dict(
       **probe_suite.activation_probes(preacts, acts, logits, reference_means,
@@ -486,10 +227,11 @@ def expensive_probes(spec: EngineSpec, hp: HParams, data: TrainData, state: Trai
     key = _stream(state.rng, _PROBE_STREAM, state.task_index * len(probe_suite.EXPENSIVE) + i)
 
     def measure(state, name=name, key=key):
-      apply_fn = lambda p, x: _apply(spec, p, state.model_state, x, train=False)[0]
+      apply_fn = lambda p, x: objectives.apply_model(spec, p, state.model_state, x,
+                                                     train=False)[0]
       init_fn = lambda k: _fresh_network(spec, k)[0]
       return probe_suite.expensive_probe(
-          name, settings, loss_fn=_probe_loss_fn(spec, state.model_state,
+          name, settings, loss_fn=objectives.probe_loss_fn(spec, state.model_state,
                                                  state.task.target_scale),
           apply_fn=apply_fn, init_fn=init_fn, optimizer=_optimizer(spec, hp),
           params=state.params, batch=_probe_batch(spec, state.task, data), key=key)
@@ -513,8 +255,8 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   # within it): the same numbers as drawing them step by step, without a PRNG
   # loop inside every step. Long tasks draw step by step, to bound memory.
   if spec.steps_per_task * spec.batch_size <= PRESAMPLE_LIMIT:
-    step_inputs = (step_keys,
-                   jax.vmap(lambda k: _sample(spec, k, state.task, data))(step_keys))
+    sample = lambda k: objectives.sample_indices(spec, k, state.task, data)
+    step_inputs = (step_keys, jax.vmap(sample)(step_keys))
   else:
     step_inputs = (step_keys,)
   step = lambda s, inputs: train_step(spec, hp, data, s, *inputs)
@@ -652,7 +394,7 @@ def init_states(rngs: jax.Array, data: TrainData, hp: HParams, *, spec: EngineSp
   """`init_state` for a leading axis of runs (seed keys).
 
   `hp` is either shared by every run (scalar leaves) or has a leading run axis
-  like `rngs` (a hyperparameter grid, see `stack_hparams`).
+  like `rngs` (a hyperparameter grid, see `from_config.stack_hparams`).
   """
   return jax.vmap(lambda r, h: init_state(spec, h, data, r),
                   in_axes=(0, _run_axes(hp)))(rngs, hp)
@@ -697,168 +439,17 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
   return jax.tree.map(merge, out)
 
 
-# ----------------------------------------------------------------------------
-# From a config to the engine's arguments.
-
-
-def load_train_data(config: ml_collections.ConfigDict,
-                    ds: data_lib.Dataset | None = None) -> tuple[TrainData, int]:
-  """The config's training examples and probe batch as device arrays, and the class count.
-
-  `ds` is the config's training split when the caller has loaded it already.
-  """
-  if ds is None:
-    ds = load_dataset(config, "train")
-  n = config.num_examples or ds.images.shape[0]
-  images = ds.images[:n]
-  mean, std = 0.0, 1.0  # [0, 1] scaling: no extra work in the step.
-  if config.normalization == "standardize":
-    pixels = int(np.prod(images.shape[1:-1]))
-    per_dim = lambda v: jnp.asarray(np.tile(v, pixels), jnp.float32)  # HWC order
-    mean, std = (per_dim(v) for v in preprocess.channel_stats(images))
-  probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
-  return TrainData(images=jnp.asarray(images.reshape(n, -1)),
-                   labels=jnp.asarray(ds.labels[:n]),
-                   probe_index=jnp.asarray(probe_index), mean=mean, std=std,
-                   standardize=config.normalization == "standardize",
-                   image_shape=tuple(int(d) for d in ds.images.shape[1:])), ds.num_classes
-
-
-def load_dataset(config: ml_collections.ConfigDict, split: str) -> data_lib.Dataset:
-  """`plastix.data.load` with the config's dataset, data_dir and manual_dir."""
-  return data_lib.load(config.dataset, split, config.data_dir or None,
-                       manual_dir=config.manual_dir or None)
-
-
-def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:
-  """`shifts.ShiftParams` from ``config.shift_params`` (the fields it names).
-
-  ``num_tasks`` is set only for ``noisy_labels``, whose schedule reads it, so
-  that elsewhere a longer run compiles the same program.
-  """
-  sp = config.shift_params
-  fields = {f.name: type(f.default)(sp[f.name])
-            for f in dataclasses.fields(shifts.ShiftParams) if f.name in sp}
-  if "noisy_labels" in shifts.parse_shift(config.shift):
-    fields["num_tasks"] = int(config.num_tasks)
-  return shifts.ShiftParams(**fields)
-
-
-def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
-  """The model's outputs: ``target_dim`` (times the support's bins for a
-  distributional loss) for regression targets, else the classes."""
-  if shifts.objective(config.shift) == "regression":
-    bins = config.loss.num_bins if loss_name(config) in DISTRIBUTIONAL_LOSSES else 1
-    return int(config.shift_params.target_dim) * int(bins)
-  return num_classes
-
-
-DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
-DEFAULT_LOSSES = {"classification": "cross_entropy", "regression": "mse", "bandit": "td"}
-
-
-def loss_name(config: ml_collections.ConfigDict) -> str:
-  """``config.loss.name``, with "auto" resolved by the shift's objective
-  (cross_entropy, mse, or the bandit's TD loss)."""
-  if config.loss.name == "auto":
-    return DEFAULT_LOSSES[shifts.objective(config.shift)]
-  return config.loss.name
-
-
-def support(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-  """The distributional losses' atoms: ``num_bins`` evenly spaced in [support_min, support_max]."""
-  if loss_name(config) not in DISTRIBUTIONAL_LOSSES:
-    return ()
-  atoms = np.linspace(config.loss.support_min, config.loss.support_max, config.loss.num_bins)
-  return tuple(float(a) for a in atoms)
-
-
-def reset_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """``config.resets.methods`` ("redo+head_reset") as a tuple of names; () for ""."""
-  return resets.parse_methods(config.resets.methods)
-
-
-def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
-                input_dim: int, image_shape: tuple[int, ...] = ()) -> EngineSpec:
-  """The static part of a (resolved, single-intervention) config."""
-  model = models.create(config.model, num_outputs(config, num_classes),
-                        input_shape=tuple(image_shape) or None)
-  r = config.resets
-  return EngineSpec(
-      model=model, optimizer=config.optimizer.name,
-      weight_decay_mask=config.optimizer.weight_decay_mask, shift=config.shift,
-      num_classes=num_classes, input_dim=input_dim,
-      steps_per_task=config.steps_per_task, batch_size=config.batch_size,
-      accuracy_steps=accuracy_steps(config),
-      random_initial_labels=config.shift_params.initial_labels == "random",
-      probe_settings=probe_settings(config),
-      run_probes=bool(config.probes.enabled),
-      shift_params=shift_params(config), image_shape=tuple(image_shape),
-      loss=loss_name(config), label_smoothing=float(config.loss.label_smoothing),
-      bandit_epsilon=float(config.shift_params.bandit_epsilon),
-      target_update_period=int(config.shift_params.target_update_period),
-      coupled_l2=config.loss.l2 > 0, grad_norm_penalty=config.loss.grad_norm_penalty > 0,
-      l2_init=config.optimizer.l2_init > 0,
-      normalize_and_project=bool(config.optimizer.normalize_and_project),
-      support=support(config), hl_gauss_sigma=float(config.loss.hl_gauss_sigma),
-      resets=reset_names(config), reset_period=int(r.period_tasks),
-      redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb),
-      parallel_runs=int(config.get("parallel_runs", 0)))
-
-
-def probe_settings(config: ml_collections.ConfigDict) -> probe_suite.ProbeSettings:
-  """`probe_suite.ProbeSettings` from the fields of ``config.probes`` it names."""
-  p = config.probes
-  fields = {}
-  for f in dataclasses.fields(probe_suite.ProbeSettings):
-    if f.name in p:
-      value = p[f.name]
-      fields[f.name] = tuple(float(v) for v in value) if f.name == "histogram_edges" else (
-          type(f.default)(value))
-  return probe_suite.ProbeSettings(**fields)
-
-
-def accuracy_steps(config: ml_collections.ConfigDict) -> int:
-  """How many final steps of a task `train_accuracy` averages (at least 1)."""
-  return max(1, int(round(config.accuracy_window * config.steps_per_task)))
-
-
-def hparams(config: ml_collections.ConfigDict) -> HParams:
-  o = config.optimizer
-  f = lambda v: jnp.asarray(v, jnp.float32)
-  return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
-                 b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
-                 shift_eps=f(config.shift_params.eps), gamma=f(config.shift_params.gamma),
-                 l2=f(config.loss.l2), grad_norm_penalty=f(config.loss.grad_norm_penalty),
-                 l2_init=f(o.l2_init))
-
-
-def stack_hparams(points: list[HParams], repeats: int = 1) -> HParams:
-  """HParams with a leading run axis: each point repeated `repeats` times in a row.
-
-  With ``repeats = num_seeds`` run ``g * num_seeds + s`` is grid point g, seed s.
-  """
-  return jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), repeats), *points)
-
-
-def seed_keys(config: ml_collections.ConfigDict, num_seeds: int | None = None) -> jax.Array:
-  """Key of seed i = fold_in(PRNGKey(config.seed), i): shared by every intervention."""
-  base = jax.random.PRNGKey(config.seed)
-  n = config.num_seeds if num_seeds is None else num_seeds
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
-
-
 def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"):
   """A pure ``train(key) -> TaskMetrics`` (leading axis: task) for one seed.
 
-  ``jax.jit(jax.vmap(train))(seed_keys(config))`` trains every seed in one
+  ``jax.jit(jax.vmap(train))(from_config.seed_keys(config))`` trains every seed in one
   program; the experiment runner uses `run_tasks` instead, in chunks of tasks,
   to report progress.
   """
   resolved = interventions.apply(config, intervention)
-  data, num_classes = load_train_data(resolved)
-  spec = engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
-  hp = hparams(resolved)
+  data, num_classes = from_config.load_train_data(resolved)
+  spec = from_config.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
+  hp = from_config.hparams(resolved)
 
   def train(key: jax.Array) -> TaskMetrics:
     state = init_state(spec, hp, data, key)

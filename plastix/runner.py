@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from plastix import checkpointing
 from plastix import engine
+from plastix import from_config
 from plastix import grid as grid_lib
 from plastix import interventions
 from plastix import results
@@ -89,15 +90,15 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
   mesh), the share is every run.
   """
   resolved = interventions.apply(config, name)
-  spec = engine.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
+  spec = from_config.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
   points = grid_lib.points(resolved.get("grid", ""))
-  hp = engine.stack_hparams(
-      [engine.hparams(grid_lib.apply_point(resolved, p)) for p in points],
+  hp = from_config.stack_hparams(
+      [from_config.hparams(grid_lib.apply_point(resolved, p)) for p in points],
       repeats=resolved.num_seeds)
   chunk = chunk_length(resolved.num_tasks, resolved.tasks_per_chunk)
   run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   start = time.perf_counter()
-  keys = jnp.tile(engine.seed_keys(resolved), (len(points), 1))
+  keys = jnp.tile(from_config.seed_keys(resolved), (len(points), 1))
   num_runs = keys.shape[0]
   if mesh is not None:
     sharding.check_divisible(num_runs, mesh)

@@ -3,18 +3,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix import engine, interventions, runner
+from plastix import engine, from_config, interventions, runner
 
 
 def _setup(config, intervention="baseline"):
   resolved = interventions.apply(config, intervention)
-  data, num_classes = engine.load_train_data(resolved)
-  spec = engine.engine_spec(resolved, num_classes, data.images.shape[1])
-  return resolved, data, num_classes, spec, engine.hparams(resolved)
+  data, num_classes = from_config.load_train_data(resolved)
+  spec = from_config.engine_spec(resolved, num_classes, data.images.shape[1])
+  return resolved, data, num_classes, spec, from_config.hparams(resolved)
 
 
 def test_metrics_shapes_and_ranges(config):
-  metrics = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  metrics = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   s, t = config.num_seeds, config.num_tasks
   for name in ("train_loss", "train_accuracy", "dead_fraction", "dormant_fraction",
                "linearized_fraction", "effective_rank", "srank", "param_norm"):
@@ -33,7 +33,7 @@ def test_more_tasks_compile_nothing_new(config):
   config.tasks_per_chunk = 2
   config.model.width = 11  # a structure no other test compiles
   before = engine.run_tasks._cache_size()
-  data, num_classes = engine.load_train_data(config)
+  data, num_classes = from_config.load_train_data(config)
   config.num_tasks = 2
   runner.run_intervention(config, "baseline", data, num_classes)
   after_first = engine.run_tasks._cache_size()
@@ -47,7 +47,7 @@ def test_more_tasks_compile_nothing_new(config):
 
 def test_vmapped_seed_equals_that_seed_alone(config):
   _, data, _, spec, hp = _setup(config, "layer_norm+weight_decay")
-  keys = engine.seed_keys(config, 3)
+  keys = from_config.seed_keys(config, 3)
   states = engine.init_states(keys, data, hp, spec=spec)
   _, together = engine.run_tasks(states, data, hp, spec=spec, num_tasks=3)
   alone_state = engine.init_states(keys[1:2], data, hp, spec=spec)
@@ -59,19 +59,19 @@ def test_vmapped_seed_equals_that_seed_alone(config):
 def test_make_train_is_pure_and_vmappable(config):
   config.num_tasks = 2
   train = engine.make_train(config, "layer_norm")
-  keys = engine.seed_keys(config)
+  keys = from_config.seed_keys(config)
   batched = jax.jit(jax.vmap(train))(keys)
   single = jax.jit(train)(keys[0])
   chex.assert_shape(batched.train_accuracy, (config.num_seeds, 2))
   chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], batched), single, rtol=2e-5,
                               atol=1e-6)
   # The runner, in chunks, gives the same numbers as the single scan.
-  chunked = runner.run_intervention(config, "layer_norm", *engine.load_train_data(config))
+  chunked = runner.run_intervention(config, "layer_norm", *from_config.load_train_data(config))
   chex.assert_trees_all_close(chunked, jax.device_get(batched), rtol=2e-5, atol=1e-6)
 
 
 def test_same_seed_same_numbers(config):
-  data = engine.load_train_data(config)
+  data = from_config.load_train_data(config)
   a = runner.run_intervention(config, "baseline", *data)
   b = runner.run_intervention(config, "baseline", *data)
   chex.assert_trees_all_equal(a, b)
@@ -83,7 +83,7 @@ def test_task_sequence_is_shared_across_interventions(config):
   """Interventions see the same tasks and batches: common random numbers."""
   _, data, _, spec_a, hp = _setup(config, "baseline")
   _, _, _, spec_b, _ = _setup(config, "layer_norm")
-  key = engine.seed_keys(config, 1)[0]
+  key = from_config.seed_keys(config, 1)[0]
   a = engine.init_state(spec_a, hp, data, key)
   b = engine.init_state(spec_b, hp, data, key)
   chex.assert_trees_all_equal(a.task, b.task)
@@ -92,7 +92,7 @@ def test_task_sequence_is_shared_across_interventions(config):
 
 def test_label_reset_engine_switches_labels_each_task(config):
   _, data, _, spec, hp = _setup(config)
-  state = engine.init_state(spec, hp, data, engine.seed_keys(config, 1)[0])
+  state = engine.init_state(spec, hp, data, from_config.seed_keys(config, 1)[0])
   labels = [np.asarray(state.task.labels)]
   for _ in range(2):
     state, _ = jax.jit(lambda s: engine.run_task(spec, hp, data, s))(state)
@@ -107,7 +107,7 @@ def test_presampled_minibatches_equal_step_by_step_draws(config, monkeypatch):
   step (past PRESAMPLE_LIMIT): the same indices, so the same training."""
   config.shift = "label_reset+pixel_permutation"
   _, data, _, spec, hp = _setup(config)
-  state = engine.init_state(spec, hp, data, engine.seed_keys(config, 1)[0])
+  state = engine.init_state(spec, hp, data, from_config.seed_keys(config, 1)[0])
   assert spec.steps_per_task * spec.batch_size <= engine.PRESAMPLE_LIMIT
   run = lambda: jax.jit(lambda s: engine.run_task(spec, hp, data, s))(state)
   presampled = run()
@@ -121,7 +121,7 @@ def test_sgd_step_matches_closed_form(config):
   config.optimizer.learning_rate = 0.5
   config.optimizer.weight_decay = 0.1
   _, data, _, spec, hp = _setup(config)
-  state = engine.init_state(spec, hp, data, engine.seed_keys(config, 1)[0])
+  state = engine.init_state(spec, hp, data, from_config.seed_keys(config, 1)[0])
   key = jax.random.PRNGKey(4)
   new_state, (loss, _) = engine.train_step(spec, hp, data, state, key)
   idx = jax.random.randint(key, (config.batch_size,), 0, data.images.shape[0])
@@ -140,7 +140,7 @@ def test_sgd_step_matches_closed_form(config):
 
 def test_divergent_seed_is_frozen_and_marked_while_others_carry_on(config):
   _, data, _, spec, hp = _setup(config)
-  keys = engine.seed_keys(config, 2)
+  keys = from_config.seed_keys(config, 2)
   states = engine.init_states(keys, data, hp, spec=spec)
   # Poison seed 0's head so its first loss is NaN.
   poisoned = states.replace(params=jax.tree_util.tree_map_with_path(
@@ -162,7 +162,7 @@ def test_large_learning_rate_divergence_is_detected_mid_run(config):
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 1e6
   _, data, _, spec, hp = _setup(config)
-  states = engine.init_states(engine.seed_keys(config), data, hp, spec=spec)
+  states = engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
   states, first = engine.run_tasks(states, data, hp, spec=spec, num_tasks=1)
   assert np.all(first.diverged_task[:, 0] == 0)
   assert np.all((first.diverged_step >= 0) & (first.diverged_step < config.steps_per_task))
@@ -175,7 +175,7 @@ def test_large_learning_rate_divergence_is_detected_mid_run(config):
 def test_non_finite_parameters_that_leave_the_loss_finite_are_caught_at_task_end(config):
   config.optimizer.weight_decay_mask = "kernels"  # 0 * -inf decay would turn it into NaN
   _, data, _, spec, hp = _setup(config)
-  states = engine.init_states(engine.seed_keys(config, 2), data, hp, spec=spec)
+  states = engine.init_states(from_config.seed_keys(config, 2), data, hp, spec=spec)
   # A -inf bias makes seed 0's unit 0 dead (relu(-inf) = 0) but leaves the loss finite.
   bias = states.params["dense_0"]["bias"].at[0, 0].set(-jnp.inf)
   states = states.replace(params={**states.params,
@@ -191,7 +191,7 @@ def test_bfloat16_matmuls_train(config):
   config.shift, config.shift_params.initial_labels = "class_permutation", "true"
   config.num_tasks, config.steps_per_task, config.tasks_per_chunk = 2, 150, 1
   config.optimizer.learning_rate = 3e-3
-  metrics = runner.run_intervention(config, "layer_norm", *engine.load_train_data(config))
+  metrics = runner.run_intervention(config, "layer_norm", *from_config.load_train_data(config))
   assert np.all(np.isfinite(metrics.train_loss)) and np.all(metrics.diverged_task == -1)
   assert np.all(metrics.train_loss[:, 0] < 0.7 * np.log(10))  # well below chance: it learns
   assert np.all(metrics.train_accuracy[:, 0] > 0.5)

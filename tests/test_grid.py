@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from plastix import engine, grid, results, runner, validation
+from plastix import engine, from_config, grid, results, runner, validation
 from tests.conftest import tiny_config
 
 
@@ -52,7 +52,7 @@ def test_a_grid_in_one_program_equals_separate_runs():
   config.num_tasks = 2
   config.tasks_per_chunk = 2
   config.grid = "optimizer.learning_rate=1e-3,1e-2"
-  data, num_classes = engine.load_train_data(config)
+  data, num_classes = from_config.load_train_data(config)
   together = runner.run_intervention(config, "weight_decay", data, num_classes)
   assert together.train_loss.shape == (2 * config.num_seeds, config.num_tasks)
   for g, lr in enumerate((1e-3, 1e-2)):
@@ -84,14 +84,14 @@ def test_runs_in_rows_equal_runs_side_by_side(parallel_runs):
   config = tiny_config()
   config.num_tasks = 2
   config.grid = "optimizer.learning_rate=1e-3,1e-2"
-  data, num_classes = engine.load_train_data(config)
-  hp = engine.stack_hparams([engine.hparams(grid.apply_point(config, p))
+  data, num_classes = from_config.load_train_data(config)
+  hp = from_config.stack_hparams([from_config.hparams(grid.apply_point(config, p))
                              for p in grid.points(config.grid)], repeats=config.num_seeds)
-  keys = jax.numpy.tile(engine.seed_keys(config), (2, 1))
+  keys = jax.numpy.tile(from_config.seed_keys(config), (2, 1))
   out = {}
   for rows in (0, parallel_runs):
     config.parallel_runs = rows
-    spec = engine.engine_spec(config, num_classes, data.images.shape[1])
+    spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
     states = engine.init_states(keys, data, hp, spec=spec)
     out[rows] = engine.run_tasks(states, data, hp, spec=spec, num_tasks=2)
   chex.assert_trees_all_close(out[parallel_runs], out[0], rtol=1e-5, atol=1e-6)
@@ -111,7 +111,7 @@ def test_a_grid_point_overrides_the_intervention():
   config.grid = "optimizer.weight_decay=0.5"
   resolved = grid.apply_point(config, grid.points(config.grid)[0])
   assert resolved.optimizer.weight_decay == 0.5
-  hp = engine.stack_hparams([engine.hparams(resolved)], repeats=3)
+  hp = from_config.stack_hparams([from_config.hparams(resolved)], repeats=3)
   np.testing.assert_allclose(np.asarray(hp.weight_decay), [0.5] * 3)
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import engine, interventions, models, runner, validation
+from plastix import engine, from_config, interventions, models, runner, validation
 from tests.conftest import tiny_config
 
 REGRESSION_ONLY = {"two_hot", "hl_gauss"}
@@ -40,7 +40,7 @@ def test_the_combinations_cover_every_component():
 def test_every_intervention_runs_with_seeds_vmapped(name):
   config = _config(name)
   validation.validate(interventions.apply(config, name))
-  m = runner.run_intervention(config, name, *engine.load_train_data(config))
+  m = runner.run_intervention(config, name, *from_config.load_train_data(config))
   chex.assert_shape(m.train_loss, (config.num_seeds, config.num_tasks))
   assert np.isfinite(m.train_loss).all() and (m.diverged_task == -1).all(), name
   assert not np.allclose(m.param_norm[0], m.param_norm[1])  # seeds differ
@@ -48,9 +48,9 @@ def test_every_intervention_runs_with_seeds_vmapped(name):
 
 def _one_task(config, name):
   resolved = interventions.apply(config, name)
-  data, num_classes = engine.load_train_data(resolved)
-  spec = engine.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
-  hp = engine.hparams(resolved)
+  data, num_classes = from_config.load_train_data(resolved)
+  spec = from_config.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
+  hp = from_config.hparams(resolved)
   state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
   after, metrics = engine.run_task(spec, hp, data, state)
   return spec, hp, data, state, after, metrics
@@ -125,7 +125,7 @@ def test_every_architecture_trains_in_the_engine(model):
   config.probes.batch_size = 16
   for k, v in model.items():
     config.model[k] = v
-  m = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   assert np.isfinite(m.train_loss).all() and np.isfinite(m.effective_rank).all()
 
 

@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import engine, results, runner, shifts
+from plastix import engine, from_config, objectives, results, runner, shifts
 from tests.conftest import tiny_config
 
 
 def _spec(config):
-  data, num_classes = engine.load_train_data(config)
-  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
-  return data, num_classes, spec, engine.hparams(config)
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  return data, num_classes, spec, from_config.hparams(config)
 
 
 def test_td_loss_by_hand():
@@ -29,7 +29,7 @@ def test_td_loss_by_hand():
   idx = jnp.arange(8)
   x, y = shift.apply(state.task, data.images[idx] / 255.0, data.labels[idx], idx)
   key = jax.random.PRNGKey(3)
-  loss, (accuracy, _) = engine._loss(spec, hp, data, state, shift, x, y, key, state.params)
+  loss, (accuracy, _) = objectives.task_loss(spec, hp, data, state, shift, x, y, key, state.params)
 
   q = np.asarray(spec.model.apply({"params": state.params}, x))
   action = q.argmax(-1)
@@ -68,7 +68,7 @@ def test_bandit_learns_the_labels():
   config.num_tasks, config.steps_per_task, config.num_seeds = 1, 300, 1
   config.model.width = 64
   config.shift_params.bandit_epsilon = 0.2
-  m = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   assert float(m.train_accuracy[0, -1]) > 0.4  # chance is 0.1
 
 
@@ -79,7 +79,7 @@ def test_regression_targets_are_fit_and_summaries_use_the_loss():
   config.shift_params.target_width = 8
   config.num_tasks, config.steps_per_task = 2, 150
   config.model.width = 64
-  data, num_classes = engine.load_train_data(config)
+  data, num_classes = from_config.load_train_data(config)
   _, _, spec, _ = _spec(config)
   assert spec.objective == "regression" and spec.model.num_outputs == 2
   m = runner.run_intervention(config, "baseline", data, num_classes)
@@ -97,7 +97,7 @@ def test_target_offset_makes_the_first_task_loss_large():
   config.shift = "random_targets"
   config.shift_params.target_offset = 100.0
   config.num_tasks, config.steps_per_task, config.num_seeds = 2, 20, 1
-  m = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   # 20 Adam steps from outputs near 0 do not reach a mean of 100.
   assert float(m.train_loss[0, 0]) > 100 * float(m.train_loss[0, 1])
 
@@ -108,7 +108,7 @@ def test_mse_with_target_scale_grows_the_loss():
   config.loss.name = "mse"
   config.shift_params.scale_growth = 10.0
   config.num_tasks, config.num_seeds = 3, 1
-  m = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   loss = np.asarray(m.train_loss[0])
   assert loss[2] > 10 * loss[1] > 100 * loss[0]
 
@@ -134,5 +134,5 @@ def test_every_other_shift_trains_in_the_engine(shift):
   config = tiny_config()
   config.shift = shift
   config.num_tasks, config.num_seeds = 2, 1
-  m = runner.run_intervention(config, "baseline", *engine.load_train_data(config))
+  m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   assert np.isfinite(m.train_loss).all() and (m.diverged_task == -1).all()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import engine, ntk, probe_suite, runner
+from plastix import engine, from_config, ntk, probe_suite, runner
 from tests.conftest import tiny_config
 
 
@@ -36,16 +36,16 @@ def test_expensive_probes_follow_their_schedule_and_match_the_functions():
   config.probes.sharpness_every = 2
   config.probes.ntk_every = 1
   config.probes.ntk_examples = 8
-  data, num_classes = engine.load_train_data(config)
+  data, num_classes = from_config.load_train_data(config)
   m = runner.run_intervention(config, "baseline", data, num_classes)
   assert np.isnan(m.sharpness[0, [0, 2]]).all() and np.isfinite(m.sharpness[0, [1, 3]]).all()
   assert np.isnan(m.gradient_alignment).all() and np.isnan(m.plasticity_probe_loss).all()
   assert np.isfinite(m.ntk_effective_rank).all()
 
   # The engine's NTK columns are ntk.ntk_stats of the network it probed.
-  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
-  hp = engine.hparams(config)
-  state = engine.init_state(spec, hp, data, engine.seed_keys(config)[0])
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = from_config.hparams(config)
+  state = engine.init_state(spec, hp, data, from_config.seed_keys(config)[0])
   values = engine.expensive_probes(spec, hp, data, state, jnp.int32(0))
   x, _ = engine._probe_batch(spec, state.task, data)
   apply_fn = lambda p, xs: spec.model.apply({"params": p}, xs)
@@ -57,9 +57,9 @@ def test_expensive_probes_follow_their_schedule_and_match_the_functions():
 
 def test_drift_is_measured_from_the_start_of_each_task():
   config = tiny_config()
-  data, num_classes = engine.load_train_data(config)
-  spec = engine.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
-  hp = engine.hparams(config)
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = from_config.hparams(config)
   state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
   # Before any training the network is where the task started: no drift.
   at_start = engine.probe(spec, state.params, state.task, data, state.model_state,
@@ -76,7 +76,7 @@ def test_drift_is_measured_from_the_start_of_each_task():
 def test_within_task_probes_leave_training_unchanged_and_end_at_the_task_end():
   config = tiny_config()
   config.num_seeds = 1
-  data, num_classes = engine.load_train_data(config)
+  data, num_classes = from_config.load_train_data(config)
   plain = runner.run_intervention(config, "baseline", data, num_classes)
   config.probes.within_task_every = 4  # 3 parts of the 12 steps
   parts = runner.run_intervention(config, "baseline", data, num_classes)

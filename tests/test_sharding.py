@@ -10,16 +10,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np, chex
     from tests.conftest import tiny_config
-    from plastix import engine, runner, sharding
+    from plastix import engine, from_config, runner, sharding
     assert jax.device_count() == 4, jax.devices()
     config = tiny_config()
     config.num_seeds = 4
-    data, num_classes = engine.load_train_data(config)
+    data, num_classes = from_config.load_train_data(config)
     mesh = sharding.seed_mesh()
-    keys = sharding.shard_seeds(engine.seed_keys(config), mesh)
+    keys = sharding.shard_seeds(from_config.seed_keys(config), mesh)
     assert len(keys.sharding.device_set) == 4
-    hp = sharding.replicate(engine.hparams(config), mesh)
-    spec = engine.engine_spec(config, num_classes, data.images.shape[1])
+    hp = sharding.replicate(from_config.hparams(config), mesh)
+    spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
     states = engine.init_states(keys, sharding.replicate(data, mesh), hp, spec=spec)
     assert len(states.params["head"]["kernel"].sharding.device_set) == 4
     assert states.params["head"]["kernel"].addressable_shards[0].data.shape[0] == 1
@@ -41,8 +41,8 @@ SCRIPT = textwrap.dedent("""
     assert rows.train_loss.shape[0] == 8
     chex.assert_trees_all_close(rows, flat, rtol=2e-5, atol=1e-6)
     config.grid, config.num_seeds, config.parallel_runs = "", 8, 4
-    spec = engine.engine_spec(config, num_classes, data.images.shape[1])
-    keys = sharding.shard_seeds(engine.seed_keys(config), mesh)
+    spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
+    keys = sharding.shard_seeds(from_config.seed_keys(config), mesh)
     data_r = sharding.replicate(data, mesh)
     states = engine.init_states(keys, data_r, hp, spec=spec)
     hlo = engine.run_tasks.lower(states, data_r, hp, spec=spec, num_tasks=1).compile().as_text()

@@ -1,0 +1,175 @@
+"""From an experiment config to the engine's arguments.
+
+`engine_spec` (static), `hparams` (traced), `load_train_data` (the data as
+device arrays) and `seed_keys` turn a resolved, single-intervention config into
+what `plastix.engine.init_states` and `run_tasks` take; the rest are the
+pieces they are made of.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from plastix import data as data_lib
+from plastix import models
+from plastix import probe_suite
+from plastix import resets
+from plastix import shifts
+from plastix.data import preprocess
+from plastix.engine_types import EngineSpec, HParams, TrainData
+
+
+def load_train_data(config: ml_collections.ConfigDict,
+                    ds: data_lib.Dataset | None = None) -> tuple[TrainData, int]:
+  """The config's training examples and probe batch as device arrays, and the class count.
+
+  `ds` is the config's training split when the caller has loaded it already.
+  """
+  if ds is None:
+    ds = load_dataset(config, "train")
+  n = config.num_examples or ds.images.shape[0]
+  images = ds.images[:n]
+  mean, std = 0.0, 1.0  # [0, 1] scaling: no extra work in the step.
+  if config.normalization == "standardize":
+    pixels = int(np.prod(images.shape[1:-1]))
+    per_dim = lambda v: jnp.asarray(np.tile(v, pixels), jnp.float32)  # HWC order
+    mean, std = (per_dim(v) for v in preprocess.channel_stats(images))
+  probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
+  return TrainData(images=jnp.asarray(images.reshape(n, -1)),
+                   labels=jnp.asarray(ds.labels[:n]),
+                   probe_index=jnp.asarray(probe_index), mean=mean, std=std,
+                   standardize=config.normalization == "standardize",
+                   image_shape=tuple(int(d) for d in ds.images.shape[1:])), ds.num_classes
+
+
+def load_dataset(config: ml_collections.ConfigDict, split: str) -> data_lib.Dataset:
+  """`plastix.data.load` with the config's dataset, data_dir and manual_dir."""
+  return data_lib.load(config.dataset, split, config.data_dir or None,
+                       manual_dir=config.manual_dir or None)
+
+
+def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:
+  """`shifts.ShiftParams` from ``config.shift_params`` (the fields it names).
+
+  ``num_tasks`` is set only for ``noisy_labels``, whose schedule reads it, so
+  that elsewhere a longer run compiles the same program.
+  """
+  sp = config.shift_params
+  fields = {f.name: type(f.default)(sp[f.name])
+            for f in dataclasses.fields(shifts.ShiftParams) if f.name in sp}
+  if "noisy_labels" in shifts.parse_shift(config.shift):
+    fields["num_tasks"] = int(config.num_tasks)
+  return shifts.ShiftParams(**fields)
+
+
+def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
+  """The model's outputs: ``target_dim`` (times the support's bins for a
+  distributional loss) for regression targets, else the classes."""
+  if shifts.objective(config.shift) == "regression":
+    bins = config.loss.num_bins if loss_name(config) in DISTRIBUTIONAL_LOSSES else 1
+    return int(config.shift_params.target_dim) * int(bins)
+  return num_classes
+
+
+DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
+
+
+DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
+DEFAULT_LOSSES = {"classification": "cross_entropy", "regression": "mse", "bandit": "td"}
+
+
+def loss_name(config: ml_collections.ConfigDict) -> str:
+  """``config.loss.name``, with "auto" resolved by the shift's objective
+  (cross_entropy, mse, or the bandit's TD loss)."""
+  if config.loss.name == "auto":
+    return DEFAULT_LOSSES[shifts.objective(config.shift)]
+  return config.loss.name
+
+
+def support(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The distributional losses' atoms: ``num_bins`` evenly spaced in [support_min, support_max]."""
+  if loss_name(config) not in DISTRIBUTIONAL_LOSSES:
+    return ()
+  atoms = np.linspace(config.loss.support_min, config.loss.support_max, config.loss.num_bins)
+  return tuple(float(a) for a in atoms)
+
+
+def reset_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """``config.resets.methods`` ("redo+head_reset") as a tuple of names; () for ""."""
+  return resets.parse_methods(config.resets.methods)
+
+
+def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
+                input_dim: int, image_shape: tuple[int, ...] = ()) -> EngineSpec:
+  """The static part of a (resolved, single-intervention) config."""
+  model = models.create(config.model, num_outputs(config, num_classes),
+                        input_shape=tuple(image_shape) or None)
+  r = config.resets
+  return EngineSpec(
+      model=model, optimizer=config.optimizer.name,
+      weight_decay_mask=config.optimizer.weight_decay_mask, shift=config.shift,
+      num_classes=num_classes, input_dim=input_dim,
+      steps_per_task=config.steps_per_task, batch_size=config.batch_size,
+      accuracy_steps=accuracy_steps(config),
+      random_initial_labels=config.shift_params.initial_labels == "random",
+      probe_settings=probe_settings(config),
+      run_probes=bool(config.probes.enabled),
+      shift_params=shift_params(config), image_shape=tuple(image_shape),
+      loss=loss_name(config), label_smoothing=float(config.loss.label_smoothing),
+      bandit_epsilon=float(config.shift_params.bandit_epsilon),
+      target_update_period=int(config.shift_params.target_update_period),
+      coupled_l2=config.loss.l2 > 0, grad_norm_penalty=config.loss.grad_norm_penalty > 0,
+      l2_init=config.optimizer.l2_init > 0,
+      normalize_and_project=bool(config.optimizer.normalize_and_project),
+      support=support(config), hl_gauss_sigma=float(config.loss.hl_gauss_sigma),
+      resets=reset_names(config), reset_period=int(r.period_tasks),
+      redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb),
+      parallel_runs=int(config.get("parallel_runs", 0)))
+
+
+def probe_settings(config: ml_collections.ConfigDict) -> probe_suite.ProbeSettings:
+  """`probe_suite.ProbeSettings` from the fields of ``config.probes`` it names."""
+  p = config.probes
+  fields = {}
+  for f in dataclasses.fields(probe_suite.ProbeSettings):
+    if f.name in p:
+      value = p[f.name]
+      fields[f.name] = tuple(float(v) for v in value) if f.name == "histogram_edges" else (
+          type(f.default)(value))
+  return probe_suite.ProbeSettings(**fields)
+
+
+def accuracy_steps(config: ml_collections.ConfigDict) -> int:
+  """How many final steps of a task `train_accuracy` averages (at least 1)."""
+  return max(1, int(round(config.accuracy_window * config.steps_per_task)))
+
+
+def hparams(config: ml_collections.ConfigDict) -> HParams:
+  """The traced hyperparameters of a (resolved) config, float32 scalars."""
+  o = config.optimizer
+  f = lambda v: jnp.asarray(v, jnp.float32)
+  return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
+                 b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
+                 shift_eps=f(config.shift_params.eps), gamma=f(config.shift_params.gamma),
+                 l2=f(config.loss.l2), grad_norm_penalty=f(config.loss.grad_norm_penalty),
+                 l2_init=f(o.l2_init))
+
+
+def stack_hparams(points: list[HParams], repeats: int = 1) -> HParams:
+  """HParams with a leading run axis: each point repeated `repeats` times in a row.
+
+  With ``repeats = num_seeds`` run ``g * num_seeds + s`` is grid point g, seed s.
+  """
+  return jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), repeats), *points)
+
+
+def seed_keys(config: ml_collections.ConfigDict, num_seeds: int | None = None) -> jax.Array:
+  """Key of seed i = fold_in(PRNGKey(config.seed), i): shared by every intervention."""
+  base = jax.random.PRNGKey(config.seed)
+  n = config.num_seeds if num_seeds is None else num_seeds
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))

@@ -1,0 +1,148 @@
+"""The engine's objectives: from a minibatch to the loss a run minimises.
+
+`model_inputs` turns stored pixels into the model's inputs, `sample_indices`
+draws a minibatch, `task_loss` is the loss of the shift's objective
+(classification, regression or the contextual bandit's TD error),
+`regularized_loss` adds the regularisers a spec turns on, and `probe_loss_fn`
+is the supervised loss the probes differentiate. Each takes the static
+`EngineSpec` first.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastix import losses
+from plastix import models
+from plastix import optim
+from plastix import shifts
+from plastix.engine_types import EngineSpec, HParams, TrainData, TrainState
+
+
+def model_inputs(images_uint8: jax.Array, data: TrainData) -> jax.Array:
+  """uint8 pixels to float32: ``(p / 255 - mean) / std`` (mean 0, std 1: [0, 1] scaling)."""
+  x = images_uint8.astype(jnp.float32) / 255.0
+  return (x - data.mean) / data.std if data.standardize else x
+
+
+def sample_indices(spec: EngineSpec, key, task: shifts.Task, data: TrainData, batch_size=None):
+  """Minibatch indices: uniform over the examples in play (all of them unless the
+  shift grows the task, which `shifts.sample_index` handles)."""
+  batch_size = spec.batch_size if batch_size is None else batch_size
+  if shifts.grows_tasks(spec.shift):
+    return shifts.sample_index(key, task, batch_size)
+  return jax.random.randint(key, (batch_size,), 0, data.images.shape[0])
+
+
+def apply_model(spec: EngineSpec, params, model_state, x, train: bool):
+  """``(outputs, new model_state)`` of the spec's model on float32 inputs `x`."""
+  return models.apply_model(spec.model, params, model_state,
+                            x.astype(jnp.float32), train=train)
+
+
+def regularized_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+                     shift: shifts.Shift, x, y, key, params):
+  """The training objective: `task_loss` plus the regularisers the spec turns on.
+
+    total = loss + [coupled_l2] (l2 / 2) sum_masked ||p||^2
+                 + [grad_norm_penalty] grad_norm_penalty * ||grad_p loss||^2
+
+  Returns ``(total, (loss, accuracy, new_model_state))``.
+  """
+  loss, (accuracy, model_state) = task_loss(spec, hp, data, state, shift, x, y, key, params)
+  total = loss
+  if spec.coupled_l2:
+    total += losses.l2_penalty(params, hp.l2, optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask])
+  if spec.grad_norm_penalty:
+    data_loss = lambda p: task_loss(spec, hp, data, state, shift, x, y, key, p)[0]
+    total += losses.grad_norm_penalty(data_loss, params, strength=hp.grad_norm_penalty)
+  return total, (loss, accuracy, model_state)
+
+
+def task_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+              shift: shifts.Shift, x, y, key, params):
+  """The minibatch loss of `params`, and (accuracy, new model state), by the objective.
+
+  * classification: cross-entropy (with ``label_smoothing``) or, with
+    ``loss = "mse"``, the squared error to ``target_scale * onehot(y)``;
+    accuracy is that of the argmax.
+  * regression: the squared error to the task's targets (``loss = "mse"``), or
+    the cross-entropy to their two-hot / HL-Gauss encoding over
+    ``spec.support`` (the prediction is then the expected value); accuracy is
+    NaN.
+  * bandit: actions are epsilon-greedy in the Q-values (the outputs), the
+    reward is 1 for the right class, and the loss is the squared TD error
+    ``(Q(x, a) - r - gamma * max_a' Q_target(x', a'))^2`` with ``x'`` a fresh
+    context drawn like x and ``Q_target`` the target network; accuracy is that
+    of the greedy action.
+  """
+  outputs, model_state = apply_model(spec, params, state.model_state, x, train=True)
+  if spec.objective == "regression":
+    return regression_loss(spec, outputs, y), (jnp.float32(jnp.nan), model_state)
+  accuracy = jnp.mean(jnp.argmax(outputs, -1) == y)
+  if spec.objective == "bandit":
+    loss = td_loss(spec, hp, data, state, shift, outputs, y, key)
+  elif spec.loss == "mse":
+    onehot = jax.nn.one_hot(y, outputs.shape[-1], dtype=outputs.dtype)
+    loss = jnp.mean(losses.mse(outputs, state.task.target_scale * onehot))
+  elif spec.label_smoothing:
+    loss = jnp.mean(losses.softmax_cross_entropy(outputs, y, spec.label_smoothing))
+  else:
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, y))
+  return loss, (accuracy, model_state)
+
+
+def regression_loss(spec: EngineSpec, outputs, targets):
+  """MSE, or cross-entropy to the two-hot / HL-Gauss encoding of each target."""
+  if spec.loss == "mse":
+    return jnp.mean(losses.mse(outputs, targets))
+  support = jnp.asarray(spec.support, jnp.float32)
+  logits = outputs.reshape(targets.shape + (support.shape[0],))
+  if spec.loss == "two_hot":
+    return jnp.mean(losses.two_hot_loss(logits, targets, support))
+  sigma = spec.hl_gauss_sigma * (spec.support[1] - spec.support[0])
+  return jnp.mean(losses.hl_gauss_loss(logits, targets, support, sigma))
+
+
+def td_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+            shift: shifts.Shift, q, labels, key):
+  """The contextual bandit's squared TD error of the taken actions (see `task_loss`)."""
+  key_explore, key_action, key_next = jax.random.split(key, 3)
+  batch = labels.shape[0]
+  greedy = jnp.argmax(q, -1)
+  explore = jax.random.uniform(key_explore, (batch,)) < spec.bandit_epsilon
+  action = jnp.where(explore, jax.random.randint(key_action, (batch,), 0, q.shape[-1]), greedy)
+  reward = (action == labels).astype(jnp.float32)
+  next_idx = sample_indices(spec, key_next, state.task, data, batch)
+  x_next, _ = shift.apply(state.task, model_inputs(data.images[next_idx], data),
+                          data.labels[next_idx], next_idx, state.step_index)
+  q_next, _ = apply_model(spec, state.target_params, state.model_state, x_next, train=False)
+  target = jax.lax.stop_gradient(reward + hp.gamma * jnp.max(q_next, -1))
+  q_taken = jnp.take_along_axis(q, action[:, None], -1)[:, 0]
+  return jnp.mean(jnp.square(q_taken - target))
+
+
+def probe_loss_fn(spec: EngineSpec, model_state, target_scale):
+  """``loss(params, (x, y))``: the supervised loss the probes differentiate.
+
+  Classification: cross-entropy (or MSE to scaled one-hot targets with
+  ``loss = "mse"``); regression: MSE to the targets (distributional heads:
+  their cross-entropy); bandit: the squared error of every action's value to
+  its reward ``1[a = y]`` (the TD target with gamma = 0).
+  """
+
+  def loss(params, batch):
+    x, y = batch
+    out, _ = apply_model(spec, params, model_state, x, train=False)
+    if spec.objective == "regression":
+      return regression_loss(spec, out, y)
+    onehot = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
+    if spec.objective == "bandit":
+      return jnp.mean(losses.mse(out, onehot))
+    if spec.loss == "mse":
+      return jnp.mean(losses.mse(out, target_scale * onehot))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
+
+  return loss
