@@ -20,7 +20,9 @@ It also measures the machine's dense float32 matmul peak (jnp.dot of 2048^2
 matrices) to report model-FLOPs utilisation: MFU = seed-steps/s * 6 * B *
 sum(fan_in * fan_out) / peak. Each cell is the fastest of ``--rounds`` (3)
 timed runs, each after a warm-up in its own process, taken in round-robin over
-the modes of a row group; results print as a markdown table.
+the modes of a row group; results print as a markdown table. The probes' cost
+is measured apart, as the median ratio of ``--probe_pairs`` back-to-back runs
+with and without probes in one process (see `run_probe_pairs`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 
 MODES = ("engine", "engine_noprobe", "engine_rows", "jax_loop", "torch")
 ROWS = 2  # engine_rows: the engine with config.parallel_runs = ROWS (runs > ROWS only).
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed runs per cell, taken in round-robin.")
+_PROBE_PAIRS = flags.DEFINE_integer(
+    "probe_pairs", 5, "Paired runs with and without probes for the probe cost (0: skip).")
 
 
 def model_flops_per_step(width: int) -> float:
@@ -78,8 +82,10 @@ def _config(width: int, num_seeds: int, num_tasks: int):
   return config
 
 
-def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
-               parallel_runs: int = 0) -> dict:
+def _engine_program(width: int, num_seeds: int, steps: int, probes: bool = True,
+                    parallel_runs: int = 0):
+  """The compiled engine for one cell: ``(compile seconds, run)``, where
+  ``run()`` trains every seed from fresh states and returns its seconds."""
   import jax  # pylint: disable=g-import-not-at-top
   from plastix import engine, from_config  # pylint: disable=g-import-not-at-top
   num_tasks = steps // STEPS_PER_TASK
@@ -89,16 +95,39 @@ def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
   data, num_classes = from_config.load_train_data(config)
   spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
   hp = from_config.hparams(config)
-  states = engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
+  init = lambda: engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
   start = time.perf_counter()
-  compiled = engine.run_tasks.lower(states, data, hp, spec=spec, num_tasks=num_tasks).compile()
+  compiled = engine.run_tasks.lower(init(), data, hp, spec=spec, num_tasks=num_tasks).compile()
   compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(states, data, hp))  # warm-up (states are donated)
-  states = engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
-  jax.block_until_ready(states)
-  start = time.perf_counter()
-  jax.block_until_ready(compiled(states, data, hp))
-  return {"compile_s": compile_s, "run_s": time.perf_counter() - start}
+
+  def run() -> float:
+    states = jax.block_until_ready(init())  # the states are donated
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(states, data, hp))
+    return time.perf_counter() - start
+
+  return compile_s, run
+
+
+def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
+               parallel_runs: int = 0) -> dict:
+  compile_s, run = _engine_program(width, num_seeds, steps, probes, parallel_runs)
+  run()  # warm-up
+  return {"compile_s": compile_s, "run_s": run()}
+
+
+def run_probe_pairs(width: int, num_seeds: int, steps: int) -> dict:
+  """The probes' share of training time, from `--probe_pairs` runs of the
+  engine with and without probes alternated in one process: the median of the
+  paired time ratios. Pairs taken back to back see the same machine speed, so
+  this is far less noisy than comparing cells run in separate processes."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  _, with_probes = _engine_program(width, num_seeds, steps, probes=True)
+  _, without = _engine_program(width, num_seeds, steps, probes=False)
+  with_probes(), without()  # warm-up
+  ratios = [with_probes() / without() for _ in range(_PROBE_PAIRS.value)]
+  return {"probe_cost": float(np.median(ratios)) - 1.0,
+          "probe_cost_range": [min(ratios) - 1.0, max(ratios) - 1.0]}
 
 
 def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
@@ -238,6 +267,7 @@ def main(argv):
     runners = {"engine": run_engine, "jax_loop": run_jax_loop, "torch": run_torch,
                "engine_noprobe": lambda w, s, n: run_engine(w, s, n, probes=False),
                "engine_rows": lambda w, s, n: run_engine(w, s, n, parallel_runs=ROWS),
+               "probe_pairs": run_probe_pairs,
                "matmul": lambda w, s, n: {"flops": matmul_peak_flops()},
                "scaling": lambda w, s, n: task_scaling(w, s)}
     out = runners[_MODE.value](_WIDTH.value, _NSEEDS.value, _STEPS.value)
@@ -255,7 +285,8 @@ def main(argv):
       modes = [m for m in MODES if m != "engine_rows" or num_seeds > ROWS]
       cells = _rounds(modes, width, num_seeds, steps)
       rate = {m: num_seeds * steps / c["run_s"] for m, c in cells.items() if "run_s" in c}
-      rows.append((width, num_seeds, steps, cells, rate))
+      pairs = _cell("probe_pairs", width, num_seeds, steps) if _PROBE_PAIRS.value else {}
+      rows.append((width, num_seeds, steps, cells, rate, pairs))
       print(f"measured width {width}, {num_seeds} seeds", file=sys.stderr, flush=True)
   peak = max(peak, _cell("matmul", 0, 1, _STEPS.value)["flops"])
 
@@ -264,7 +295,7 @@ def main(argv):
   print("| width | seeds | steps per seed | mode | seed-steps/s | vs torch | vs jax_loop | MFU "
         "| compile s | peak RSS MiB |")
   print("|---|---|---|---|---|---|---|---|---|---|")
-  for width, num_seeds, steps, cells, rate in rows:
+  for width, num_seeds, steps, cells, rate, pairs in rows:
     for mode, c in cells.items():
       if "error" in c:
         print(f"| {width} | {num_seeds} | {steps} | {mode} | n/a ({c['error']}) | | | | | |")
@@ -274,9 +305,10 @@ def main(argv):
       print(f"| {width} | {num_seeds} | {steps} | {mode} | {rate[mode]:.0f} | {ratio('torch')} | "
             f"{ratio('jax_loop')} | {100 * mfu:.1f}% | {c['compile_s']:.2f} | "
             f"{c['peak_rss_mib']:.0f} |")
-    if "engine" in rate and "engine_noprobe" in rate:
-      print(f"|  |  |  | probe cost | {100 * (rate['engine_noprobe'] / rate['engine'] - 1):.1f}% "
-            "of training time | | | | | |")
+    if "probe_cost" in pairs:
+      low, high = (100 * c for c in pairs["probe_cost_range"])
+      print(f"|  |  |  | probe cost | {100 * pairs['probe_cost']:.1f}% of training time "
+            f"(median of {_PROBE_PAIRS.value} paired runs; {low:.1f} to {high:.1f}%) | | | | | |")
   scaling = _cell("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]), _STEPS.value)
   print("\ntask scaling (2 vs 20 tasks of the same chunk program): " + json.dumps(scaling))
 
