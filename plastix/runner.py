@@ -114,15 +114,14 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
       raise ValueError(f"checkpoint in {checkpoint_dir} has {done} tasks, which does "
                        f"not fit {resolved.num_tasks} tasks in chunks of {chunk}")
     _, chunk_metrics = jax.eval_shape(run_chunk, states, data, hp)
-    metrics_like = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct((m.shape[0], done) + m.shape[2:], m.dtype), chunk_metrics)
-    if mesh is None:
-      metrics_like = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metrics_like)
-    else:
-      placement = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.SEED_AXIS))
-      metrics_like = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=placement), metrics_like)
-    states, restored = ckpt.restore(done, states, metrics_like)
+
+    def saved_like(m):  # `done` tasks of m: numpy, or global arrays placed like the runs.
+      shape = (m.shape[0], done) + m.shape[2:]
+      if mesh is None:
+        return np.zeros(shape, m.dtype)
+      return jax.ShapeDtypeStruct(shape, m.dtype, sharding=sharding.seed_sharding(mesh))
+
+    states, restored = ckpt.restore(done, states, jax.tree.map(saved_like, chunk_metrics))
     chunks.append(sharding.local_rows(restored, runs))
     if progress is not None:
       progress(f"[{name}] resumed from checkpoint after task {done}/{resolved.num_tasks}")

@@ -29,6 +29,11 @@ def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (SEED_AXIS,))
 
 
+def seed_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (run) axis split over the mesh's devices, other axes whole."""
+  return NamedSharding(mesh, PartitionSpec(SEED_AXIS))
+
+
 def check_divisible(num_runs: int, mesh: Mesh) -> None:
   """Raises ValueError unless the runs (seeds x grid points) split evenly over the mesh."""
   if num_runs % mesh.size:
@@ -51,7 +56,7 @@ def _place(tree, sharding: NamedSharding):
 
 def shard_seeds(tree, mesh: Mesh):
   """Places every leaf of `tree` split along its leading (seed) axis over `mesh`."""
-  return _place(tree, NamedSharding(mesh, PartitionSpec(SEED_AXIS)))
+  return _place(tree, seed_sharding(mesh))
 
 
 def replicate(tree, mesh: Mesh):
@@ -65,8 +70,7 @@ def process_rows(num_rows: int, mesh: Mesh | None) -> np.ndarray:
   `mesh`; every row without a mesh."""
   if mesh is None:
     return np.arange(num_rows)
-  index_map = NamedSharding(mesh, PartitionSpec(SEED_AXIS)).addressable_devices_indices_map(
-      (num_rows,))
+  index_map = seed_sharding(mesh).addressable_devices_indices_map((num_rows,))
   return np.asarray(sorted({r for index in index_map.values()
                             for r in range(*index[0].indices(num_rows))}), np.int64)
 
@@ -102,7 +106,7 @@ def from_local_rows(tree, rows: np.ndarray, num_rows: int, mesh: Mesh):
   """The inverse of `local_rows`: global arrays of `num_rows` rows placed by
   `shard_seeds` on `mesh`, each process giving the rows `rows` it holds."""
   position = {int(r): i for i, r in enumerate(rows)}
-  placement = NamedSharding(mesh, PartitionSpec(SEED_AXIS))
+  placement = seed_sharding(mesh)
 
   def place(x):
     x = np.asarray(x)
