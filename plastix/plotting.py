@@ -74,7 +74,11 @@ def plot_panels(rows: Sequence[dict], interventions: Sequence[str], panels, path
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
   for ax, (key, label) in zip(np.atleast_1d(axes), panels):
     _plot_curves(ax, rows, interventions, key, label)
-  np.atleast_1d(axes)[0].legend(fontsize=8)
+  # The legend goes on the first panel with curves (a figure's first probe may
+  # not have run).
+  drawn = [ax for ax in np.atleast_1d(axes) if ax.get_legend_handles_labels()[0]]
+  if drawn:
+    drawn[0].legend(fontsize=8)
   if title:
     fig.suptitle(title)
   fig.tight_layout()

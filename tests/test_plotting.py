@@ -1,0 +1,44 @@
+"""The figures: written, with a legend even when a figure's first probe did not run."""
+
+import math
+import warnings
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from plastix import plotting  # pylint: disable=g-import-not-at-top
+
+
+def _rows():
+  return [{"intervention": name, "seed": seed, "task": task, "diverged_task": -1,
+           "sharpness": math.nan, "train_accuracy": 0.5 + 0.1 * task}
+          for name in ("baseline", "layer_norm") for seed in range(2) for task in range(3)]
+
+
+def test_legend_goes_on_the_first_panel_with_curves(tmp_path, monkeypatch):
+  legends = []
+  real_legend = matplotlib.axes.Axes.legend
+
+  def record(ax, *args, **kwargs):
+    legends.append(ax.get_ylabel())
+    return real_legend(ax, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.axes.Axes, "legend", record)
+  path = tmp_path / "panels.png"
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # matplotlib warns on a legend with no curves
+    plotting.plot_panels(_rows(), ["baseline", "layer_norm"],
+                         [("sharpness", "sharpness"), ("train_accuracy", "accuracy")],
+                         str(path))
+  assert legends == ["accuracy"]
+  assert path.stat().st_size > 0
+
+
+def test_no_legend_when_nothing_was_measured(tmp_path, monkeypatch):
+  monkeypatch.setattr(matplotlib.axes.Axes, "legend",
+                      lambda *a, **k: pytest.fail("legend on a figure with no curves"))
+  plotting.plot_panels(_rows(), ["baseline"], [("sharpness", "sharpness")],
+                       str(tmp_path / "empty.png"))
+  assert (tmp_path / "empty.png").stat().st_size > 0
