@@ -227,7 +227,8 @@ def main(argv):
   plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
                            title=title)
   if config.probes.enabled:
-    histograms = results.histogram_arrays(by_condition, from_config.probe_settings(config).histogram_edges)
+    edges = from_config.probe_settings(config).histogram_edges
+    histograms = results.histogram_arrays(by_condition, edges)
     results.write_npz(os.path.join(workdir, "histograms.npz"), histograms)
     plotting.plot_mechanisms(rows, conditions, workdir, title=title)
     plotting.plot_histograms(histograms, conditions,

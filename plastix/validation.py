@@ -77,7 +77,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_fields(config)
   _validate_grid(config)
   _validate_parallel_runs(config)
-  if config.distributed.enabled:
+  if "distributed" in config and config.distributed.enabled:
     _check(config, "shard_seeds", lambda v: v,
            "a multi-process job splits the runs over every process's devices; set it True")
   for name in interventions.parse_list(config.interventions):
