@@ -114,9 +114,10 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   step loop runs no PRNG of its own).
 
   A step whose loss is not finite is not applied and marks the seed diverged;
-  a diverged seed takes no further steps. (Checking the loss, a scalar, lets
-  XLA fuse the guard into the update; the parameters are checked once per task
-  in `run_task`.)
+  a diverged seed takes no further steps: its parameters (and normalisation
+  statistics) stay as they were, and its optimizer is given zero gradients.
+  (Checking the loss, a scalar, lets XLA fuse the guard into the update; the
+  parameters are checked once per task in `run_task`.)
   """
   key_objective = jax.random.fold_in(key, 1)
   shift = _shift(spec, hp, data)
@@ -128,13 +129,18 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
                               key_objective)
   (_, (loss, accuracy, model_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   newly_diverged = ~state.diverged & ~jnp.isfinite(loss)
   apply = ~state.diverged & ~newly_diverged
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  # A step not applied keeps the parameters (a select XLA fuses into the update)
+  # and gives the optimizer a zero gradient, which keeps its moments finite. A
+  # select over the optimizer state instead is not fused: ~10% of a width-256
+  # MLP step on a CPU.
+  grads = jax.tree.map(lambda g: jnp.where(apply, g, jnp.zeros_like(g)), grads)
+  updates, opt_state = _optimizer(spec, hp).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
   state = _mark_diverged(state, newly_diverged, state.step_index).replace(
-      params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+      params=keep(params, state.params), opt_state=opt_state,
       model_state=keep(model_state, state.model_state), step_index=state.step_index + 1)
   if spec.objective == "bandit":
     step = state.task_index * spec.steps_per_task + state.step_index

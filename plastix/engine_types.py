@@ -110,8 +110,8 @@ class TrainState:
   target_params: dict | None  # contextual_bandit: the TD target network; else None.
   # Where the seed first produced a non-finite loss (checked every step) or
   # non-finite parameters (checked at the end of every task); -1: never. From
-  # then on the seed is frozen (no update is applied to its parameters or
-  # optimizer state) while the other seeds of the program carry on.
+  # then on the seed's parameters are frozen (no update is applied; its
+  # optimizer only sees zero gradients) while the other seeds carry on.
   diverged_task: jax.Array
   diverged_step: jax.Array
 

@@ -149,8 +149,10 @@ def test_divergent_seed_is_frozen_and_marked_while_others_carry_on(config):
   new_states, metrics = engine.run_tasks(poisoned, data, hp, spec=spec, num_tasks=2)
   np.testing.assert_array_equal(metrics.diverged_task, [[0, 0], [-1, -1]])
   np.testing.assert_array_equal(metrics.diverged_step, [[0, 0], [-1, -1]])
-  # Seed 0 took no step: its parameters are the ones it had.
+  # Seed 0 took no step: its parameters are the ones it had, and its optimizer
+  # saw zero gradients instead of the NaN ones (its moments stay finite).
   chex.assert_trees_all_equal(jax.tree.map(lambda a: a[0], new_states.params), frozen_params)
+  chex.assert_tree_all_finite(jax.tree.map(lambda a: a[0], new_states.opt_state))
   # Seed 1 trained exactly as it does alone.
   alone = engine.init_states(keys[1:], data, hp, spec=spec)
   _, alone_metrics = engine.run_tasks(alone, data, hp, spec=spec, num_tasks=2)
