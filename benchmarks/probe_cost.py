@@ -6,9 +6,10 @@ The default study's model (a 2x256 ReLU MLP on 784-pixel inputs, Adam, batch
 128) and probe batch (512 images); each probe is jitted alone and timed as the
 fastest of several calls after a warm-up, then divided by the time of one
 training step (one task's 300 steps and its switch to the next task, timed
-as the engine runs them with probes off, divided by 300). The every-task set runs once per task (300 steps by
-default), so its share of a run is its cost in steps divided by 300; an
-expensive probe run every N tasks costs ``steps / (300 N)``.
+as the engine runs them with probes off, divided by 300). The every-task set
+runs once per task (300 steps by default), so its share of a run is its cost
+in steps divided by 300; an expensive probe run every N tasks costs
+``steps / (300 N)``.
 """
 
 from __future__ import annotations
