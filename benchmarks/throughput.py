@@ -1,28 +1,46 @@
 r"""Throughput of plastix's engine against the usual ways of running the same study.
 
-  python -m benchmarks.throughput [--steps=600] [--seeds=1,8] [--widths=256,32]
+  python -m benchmarks.throughput [--steps=600] [--seeds=1,3,8] [--widths=256,32]
+                                  [--rounds=5] [--modes=...]
 
-Every cell runs in its own subprocess (so peak memory is its own) on the same
-workload: a depth-2 ReLU MLP on 784-pixel inputs, Adam (lr 1e-3), batch 128,
-minibatches sampled uniformly from 1,000 Fashion-MNIST images whose labels are
-reset every 300 steps. Modes:
+Every mode trains the same workload: a depth-2 ReLU MLP on 784-pixel inputs,
+Adam (lr 1e-3), batch 128, minibatches sampled uniformly from 1,000
+Fashion-MNIST images whose labels are reset every 300 steps, `--steps` steps
+per seed (4x as many for widths of 64 or less, so that every timed run lasts
+a second or more). Modes:
 
 * ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
   probes at every task end (``engine_noprobe``: the same without probes;
-  ``engine_rows``: with ``parallel_runs = 2``, two seeds side by side and
-  the rest in sequence inside the same program, for more than 2 seeds);
+  ``engine_rows``: with ``parallel_runs = 2`` (1 for an odd seed count), two
+  seeds side by side (one) and the rest in sequence inside the same program,
+  for more than 2 seeds;
+  ``engine_bf16``: with ``model.dtype = "bfloat16"``, for accelerators). With
+  several devices the seeds are sharded over all of them, as the experiment
+  runner does.
 * ``jax_loop``: the same flax model and optax optimizer, a jitted update per
-  step called from a Python loop with numpy minibatches, seeds one after another;
+  step called from a Python loop with numpy minibatches, seeds one after another.
 * ``torch``: a PyTorch eager reference (same model, Adam, batch size and
-  sampling), seeds one after another; needs ``pip install torch==2.13.0``.
+  sampling), seeds one after another, on `--torch_device`; needs
+  ``pip install torch==2.13.0`` (the CPU build).
+* ``matmul_floor``: only the step's eight matrix products (three forward, five
+  backward, as JAX differentiates the same layers without their ReLUs) and an
+  SGD update, seeds vmapped: what XLA's matmul kernels alone take, a bound on
+  any JAX program of this model on this machine.
 
-It also measures the machine's dense float32 matmul peak (jnp.dot of 2048^2
-matrices) to report model-FLOPs utilisation: MFU = seed-steps/s * 6 * B *
-sum(fan_in * fan_out) / peak. Each cell is the fastest of ``--rounds`` (3)
-timed runs, each after a warm-up in its own process, taken in round-robin over
-the modes of a row group; results print as a markdown table. The probes' cost
-is measured apart, as the median ratio of ``--probe_pairs`` back-to-back runs
-with and without probes in one process (see `run_probe_pairs`).
+Method. The modes of a row group (one width and seed count) each run in a
+worker process of their own, which builds its program or model once, trains
+the workload once to warm up, and waits. Then come `--rounds` rounds: in each,
+every worker trains the whole workload once, one after another, the order
+rotated from round to round. Modes timed in the same round see the machine at
+the same speed, so a ratio between two modes is the median over rounds of the
+ratio of their times in the same round (with its range over rounds); a mode's
+seed-steps/s is from its median time. The probes' cost is the same paired
+ratio of ``engine`` to ``engine_noprobe``.
+
+The machine's dense float32 matmul peak (jnp.dot of 2048^2 matrices, the best
+of a measurement before and after the cells) gives model-FLOPs utilisation:
+MFU = seed-steps/s * 6 * B * sum(fan_in * fan_out) / peak. Results print as a
+markdown table.
 """
 
 from __future__ import annotations
@@ -35,31 +53,51 @@ import os
 # before numpy or scipy load OpenBLAS; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import dataclasses
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from typing import Callable
 
 from absl import app
 from absl import flags
 
-_MODE = flags.DEFINE_string("mode", None, "Internal: run one cell and print JSON.")
+_MODE = flags.DEFINE_string("mode", None, "Internal: run one mode as a worker process.")
 _STEPS = flags.DEFINE_integer(
-    "steps", 1500, "Training steps per seed (multiple of 300); widths of 64 or less run "
+    "steps", 600, "Training steps per seed (a multiple of 300); widths of 64 or less run "
     "4x as many, so that every timed run lasts a second or more.")
-_SEEDS = flags.DEFINE_list("seeds", ["1", "8"], "Seed counts to measure.")
+_SEEDS = flags.DEFINE_list("seeds", ["1", "3", "8"],
+                           "Seed counts to measure (3 is the default study's).")
 _WIDTHS = flags.DEFINE_list("widths", ["256", "32"], "MLP widths to measure.")
+_MODES = flags.DEFINE_list(
+    "modes", None, "Modes to measure (default: every mode but engine_bf16 on a CPU, "
+    "every mode on an accelerator).")
+_ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed runs of every mode, in rotated order.")
+_TORCH_DEVICE = flags.DEFINE_string(
+    "torch_device", "auto", "Device of the PyTorch reference: cpu, cuda, or auto (cuda "
+    "when PyTorch sees a GPU).")
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
-MODES = ("engine", "engine_noprobe", "engine_rows", "jax_loop", "torch")
-ROWS = 2  # engine_rows: the engine with config.parallel_runs = ROWS (runs > ROWS only).
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed runs per cell, taken in round-robin.")
-_PROBE_PAIRS = flags.DEFINE_integer(
-    "probe_pairs", 5, "Paired runs with and without probes for the probe cost (0: skip).")
+MODES = ("engine", "engine_noprobe", "engine_rows", "engine_bf16", "jax_loop", "torch",
+         "matmul_floor")
+ROWS = 2  # engine_rows: parallel_runs = ROWS, or 1 where ROWS does not divide the seeds.
+PROTOCOL = "@@throughput "  # Prefix of the worker's JSON lines on stdout.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A mode ready to time: ``run()`` trains every seed once and returns its seconds."""
+  compile_s: float
+  run: Callable[[], float]
+  info: dict = dataclasses.field(default_factory=dict)
 
 
 def model_flops_per_step(width: int) -> float:
@@ -82,20 +120,34 @@ def _config(width: int, num_seeds: int, num_tasks: int):
   return config
 
 
-def _engine_program(width: int, num_seeds: int, steps: int, probes: bool = True,
-                    parallel_runs: int = 0):
-  """The compiled engine for one cell: ``(compile seconds, run)``, where
-  ``run()`` trains every seed from fresh states and returns its seconds."""
+def _images():
+  """The workload's 1,000 images, flattened, as float32 in [0, 1] (numpy)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from plastix import data as data_lib  # pylint: disable=g-import-not-at-top
+  ds = data_lib.load("fashion_mnist_small", "train")
+  return ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0
+
+
+def prepare_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
+                   parallel_runs: int = 0, dtype: str = "float32") -> Prepared:
+  """The compiled engine for one cell; each run trains every seed from fresh states."""
   import jax  # pylint: disable=g-import-not-at-top
-  from plastix import engine, from_config  # pylint: disable=g-import-not-at-top
+  from plastix import engine, from_config, sharding  # pylint: disable=g-import-not-at-top
   num_tasks = steps // STEPS_PER_TASK
   config = _config(width, num_seeds, num_tasks)
   config.probes.enabled = probes
   config.parallel_runs = parallel_runs
+  config.model.dtype = dtype
   data, num_classes = from_config.load_train_data(config)
   spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
   hp = from_config.hparams(config)
-  init = lambda: engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
+  keys = from_config.seed_keys(config)
+  info = {"devices": jax.device_count()}
+  if jax.device_count() > 1 and num_seeds % jax.device_count() == 0:
+    mesh = sharding.seed_mesh()  # the seeds split over every device, as the runner does
+    keys, data = sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh)
+    info["sharded"] = True
+  init = lambda: engine.init_states(keys, data, hp, spec=spec)
   states = jax.block_until_ready(init())  # outside the timer: init_states compiles too
   start = time.perf_counter()
   compiled = engine.run_tasks.lower(states, data, hp, spec=spec, num_tasks=num_tasks).compile()
@@ -107,38 +159,17 @@ def _engine_program(width: int, num_seeds: int, steps: int, probes: bool = True,
     jax.block_until_ready(compiled(states, data, hp))
     return time.perf_counter() - start
 
-  return compile_s, run
+  return Prepared(compile_s, run, info)
 
 
-def run_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
-               parallel_runs: int = 0) -> dict:
-  compile_s, run = _engine_program(width, num_seeds, steps, probes, parallel_runs)
-  run()  # warm-up
-  return {"compile_s": compile_s, "run_s": run()}
-
-
-def run_probe_pairs(width: int, num_seeds: int, steps: int) -> dict:
-  """The probes' share of training time, from `--probe_pairs` runs of the
-  engine with and without probes alternated in one process: the median of the
-  paired time ratios. Pairs taken back to back see the same machine speed, so
-  this is far less noisy than comparing cells run in separate processes."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  _, with_probes = _engine_program(width, num_seeds, steps, probes=True)
-  _, without = _engine_program(width, num_seeds, steps, probes=False)
-  with_probes(), without()  # warm-up
-  ratios = [with_probes() / without() for _ in range(_PROBE_PAIRS.value)]
-  return {"probe_cost": float(np.median(ratios)) - 1.0,
-          "probe_cost_range": [min(ratios) - 1.0, max(ratios) - 1.0]}
-
-
-def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
+def prepare_jax_loop(width: int, num_seeds: int, steps: int) -> Prepared:
+  """A jitted flax/optax step called from a Python loop, seeds one after another."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from plastix import data as data_lib, models  # pylint: disable=g-import-not-at-top
-  ds = data_lib.load("fashion_mnist_small", "train")
-  images = ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0
+  from plastix import models  # pylint: disable=g-import-not-at-top
+  images = _images()
   model = models.MLP(hidden_sizes=(width,) * DEPTH, num_outputs=CLASSES)
   tx = optax.adam(1e-3)
 
@@ -151,7 +182,7 @@ def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  def one_seed(seed, steps=steps):
+  def one_seed(seed: int) -> float:
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, INPUT_DIM)))["params"]
     opt_state = tx.init(params)
@@ -169,42 +200,119 @@ def run_jax_loop(width: int, num_seeds: int, steps: int) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(step(params, tx.init(params), images[:BATCH], np.zeros(BATCH, np.int32)))
   compile_s = time.perf_counter() - start
-  one_seed(0, STEPS_PER_TASK)  # warm-up
-  return {"compile_s": compile_s, "run_s": sum(one_seed(seed) for seed in range(num_seeds))}
+  return Prepared(compile_s, lambda: sum(one_seed(seed) for seed in range(num_seeds)))
 
 
-def run_torch(width: int, num_seeds: int, steps: int) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def _torch_device(torch) -> str:
+  name = _TORCH_DEVICE.value
+  if name == "auto":
+    return "cuda" if torch.cuda.is_available() else "cpu"
+  return name
+
+
+def prepare_torch(width: int, num_seeds: int, steps: int) -> Prepared:
+  """The PyTorch eager reference, seeds one after another."""
   import torch  # pylint: disable=g-import-not-at-top
-  from plastix import data as data_lib  # pylint: disable=g-import-not-at-top
-  ds = data_lib.load("fashion_mnist_small", "train")
-  images = torch.from_numpy(
-      ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0)
+  device = _torch_device(torch)
+  images = torch.from_numpy(_images()).to(device)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-  def one_seed(seed, steps=steps):
+  def one_seed(seed: int) -> float:
     torch.manual_seed(seed)
     layers, fan_in = [], INPUT_DIM
     for _ in range(DEPTH):
       layers += [torch.nn.Linear(fan_in, width), torch.nn.ReLU()]
       fan_in = width
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(fan_in, CLASSES))
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(fan_in, CLASSES)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
+    sync()
     start = time.perf_counter()
     for t in range(steps):
       if t % STEPS_PER_TASK == 0:
-        labels = torch.randint(0, CLASSES, (EXAMPLES,))
-      idx = torch.randint(0, EXAMPLES, (BATCH,))
+        labels = torch.randint(0, CLASSES, (EXAMPLES,), device=device)
+      idx = torch.randint(0, EXAMPLES, (BATCH,), device=device)
       loss = loss_fn(net(images[idx]), labels[idx])
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
+    sync()
     return time.perf_counter() - start
 
-  one_seed(0, STEPS_PER_TASK)  # warm-up
-  run_s = sum(one_seed(seed) for seed in range(num_seeds))
-  return {"compile_s": 0.0, "run_s": run_s, "torch": torch.__version__,
-          "torch_threads": torch.get_num_threads()}
+  return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)),
+                  {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                   "torch_device": device})
+
+
+def matmul_floor_program(width: int, num_seeds: int, steps: int):
+  """``(program, (kernels, inputs))``: the step's matrix products alone, for `steps` steps.
+
+  A bias-free linear MLP of the workload's shapes with loss ``|f(x)|^2 / 2``,
+  differentiated by JAX (three forward and five backward products; no input
+  gradient) and updated by SGD, each seed on its own inputs (as each seed of
+  the engine draws its own minibatches), seeds vmapped, steps in a
+  `lax.scan`: what XLA's matmul kernels alone take for the workload.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dims = [INPUT_DIM] + [width] * DEPTH + [CLASSES]
+  keys = jax.random.split(jax.random.PRNGKey(0), len(dims))
+  kernels = [jax.random.normal(k, (num_seeds, a, b)) / a ** 0.5
+             for k, a, b in zip(keys, dims, dims[1:])]
+  inputs = jax.random.uniform(keys[-1], (num_seeds, BATCH, INPUT_DIM))
+
+  def loss(ws, x):
+    for w in ws:
+      x = x @ w
+    return 0.5 * jnp.sum(jnp.square(x))  # nonlinear in the outputs: the head's product runs
+
+  def one_seed(ws, x):
+    def step(ws, _):
+      grads = jax.grad(loss)(ws, x)
+      return [w - 1e-6 * g for w, g in zip(ws, grads)], None
+    return jax.lax.scan(step, ws, None, length=steps)[0]
+
+  return jax.jit(jax.vmap(one_seed)), (kernels, inputs)
+
+
+def prepare_matmul_floor(width: int, num_seeds: int, steps: int) -> Prepared:
+  """`matmul_floor_program`, compiled; each run trains every seed's kernels once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  program, args = matmul_floor_program(width, num_seeds, steps)
+  start = time.perf_counter()
+  compiled = program.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+
+  def run() -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    return time.perf_counter() - start
+
+  return Prepared(compile_s, run)
+
+
+def _rows(num_seeds: int) -> int:
+  """engine_rows' side-by-side runs: `ROWS`, or 1 (one seed at a time) if it does not divide."""
+  return ROWS if num_seeds % ROWS == 0 else 1
+
+
+def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
+  """The named mode's workload, built and ready to time."""
+  if mode == "engine":
+    return prepare_engine(width, num_seeds, steps)
+  if mode == "engine_noprobe":
+    return prepare_engine(width, num_seeds, steps, probes=False)
+  if mode == "engine_rows":
+    return prepare_engine(width, num_seeds, steps, parallel_runs=_rows(num_seeds))
+  if mode == "engine_bf16":
+    return prepare_engine(width, num_seeds, steps, dtype="bfloat16")
+  if mode == "jax_loop":
+    return prepare_jax_loop(width, num_seeds, steps)
+  if mode == "torch":
+    return prepare_torch(width, num_seeds, steps)
+  if mode == "matmul_floor":
+    return prepare_matmul_floor(width, num_seeds, steps)
+  raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
@@ -235,82 +343,211 @@ def task_scaling(width: int, num_seeds: int) -> dict:
   return out
 
 
-def _cell(mode: str, width: int, num_seeds: int, steps: int) -> dict:
-  env = dict(os.environ)
-  cmd = [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}", f"--width={width}",
-         f"--num_seeds={num_seeds}", f"--steps={steps}"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-  if proc.returncode != 0:
-    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+# ----------------------------------------------------------------------------
+# Worker processes and the paired rounds.
 
 
-def _rounds(modes, width: int, num_seeds: int, steps: int) -> dict:
-  """Each mode's cell run `--rounds` times in round-robin (m1 m2 ... m1 m2 ...),
-  so that a slow spell of a shared machine hits every mode alike; per mode the
-  fastest run, its first compile time and its largest peak memory."""
-  best = {}
-  for _ in range(_ROUNDS.value):
-    for mode in modes:
-      c = _cell(mode, width, num_seeds, steps)
-      old = best.get(mode)
-      if old is None or "error" in old:
-        best[mode] = c
-      elif "error" not in c:
-        best[mode] = dict(old, run_s=min(old["run_s"], c["run_s"]),
-                          peak_rss_mib=max(old["peak_rss_mib"], c["peak_rss_mib"]))
-  return best
+def _say(message: dict) -> None:
+  print(PROTOCOL + json.dumps(message), flush=True)
 
 
-def main(argv):
-  del argv
-  if _MODE.value:
-    runners = {"engine": run_engine, "jax_loop": run_jax_loop, "torch": run_torch,
-               "engine_noprobe": lambda w, s, n: run_engine(w, s, n, probes=False),
-               "engine_rows": lambda w, s, n: run_engine(w, s, n, parallel_runs=ROWS),
-               "probe_pairs": run_probe_pairs,
-               "matmul": lambda w, s, n: {"flops": matmul_peak_flops()},
-               "scaling": lambda w, s, n: task_scaling(w, s)}
-    out = runners[_MODE.value](_WIDTH.value, _NSEEDS.value, _STEPS.value)
-    out["peak_rss_mib"] = _peak_rss_mib()
-    print(json.dumps(out))
+def serve(mode: str, width: int, num_seeds: int, steps: int) -> None:
+  """The worker: prepares `mode`, warms it up, then answers ``run`` (train once,
+  report seconds) and ``exit`` (report peak memory) read from stdin."""
+  try:
+    prepared = prepare(mode, width, num_seeds, steps)
+    prepared.run()  # warm-up
+  except Exception as e:  # pylint: disable=broad-except
+    _say({"error": f"{type(e).__name__}: {e}".splitlines()[0]})
     return
+  _say({"compile_s": prepared.compile_s, **prepared.info})
+  for line in sys.stdin:
+    if line.strip() == "run":
+      _say({"run_s": prepared.run()})
+    elif line.strip() == "exit":
+      break
+  _say({"peak_rss_mib": _peak_rss_mib()})
 
-  # The peak is the best of two measurements, before and after the cells: on a
-  # shared machine a single one can come out low, which would inflate MFU.
-  peak = _cell("matmul", 0, 1, _STEPS.value)["flops"]
-  rows = []
-  for width in map(int, _WIDTHS.value):
-    steps = _STEPS.value * (4 if width <= 64 else 1)
-    for num_seeds in map(int, _SEEDS.value):
-      modes = [m for m in MODES if m != "engine_rows" or num_seeds > ROWS]
-      cells = _rounds(modes, width, num_seeds, steps)
-      rate = {m: num_seeds * steps / c["run_s"] for m, c in cells.items() if "run_s" in c}
-      pairs = _cell("probe_pairs", width, num_seeds, steps) if _PROBE_PAIRS.value else {}
-      rows.append((width, num_seeds, steps, cells, rate, pairs))
-      print(f"measured width {width}, {num_seeds} seeds", file=sys.stderr, flush=True)
-  peak = max(peak, _cell("matmul", 0, 1, _STEPS.value)["flops"])
 
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {_ROUNDS.value} rounds\n")
+class WorkerError(RuntimeError):
+  pass
+
+
+class Worker:
+  """One mode's worker process, driven over its stdin and stdout."""
+
+  def __init__(self, mode: str, width: int, num_seeds: int, steps: int,
+               torch_device: str = "auto"):
+    self.mode = mode
+    self._log = tempfile.TemporaryFile(mode="w+")
+    cmd = [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}",
+           f"--width={width}", f"--num_seeds={num_seeds}", f"--steps={steps}",
+           f"--torch_device={torch_device}"]
+    self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self._log, text=True, env=_worker_env(),
+                                  cwd=_ROOT)
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    for line in self._proc.stdout:
+      if line.startswith(PROTOCOL):
+        message = json.loads(line[len(PROTOCOL):])
+        if "error" in message:
+          raise WorkerError(message["error"])
+        return message
+    self._log.seek(0)
+    lines = self._log.read().strip().splitlines() or ["exited"]
+    raise WorkerError(lines[-1])
+
+  def run(self) -> float:
+    self._proc.stdin.write("run\n")
+    self._proc.stdin.flush()
+    return self._read()["run_s"]
+
+  def close(self) -> dict:
+    if self._proc.poll() is None:
+      self._proc.stdin.write("exit\n")
+      self._proc.stdin.flush()
+      self.info.update(self._read())
+      self._proc.wait()
+    self._log.close()
+    return self.info
+
+
+def paired_rounds(modes, width: int, num_seeds: int, steps: int, rounds: int,
+                  torch_device: str = "auto", pause_s: float = 0.2) -> dict:
+  """``{mode: {"times": [seconds per round], **worker info}}`` (``{"error": ...}``
+  for a mode that failed): each mode's worker is prepared in turn, then every
+  round times each worker once, in an order rotated by one mode per round.
+  `pause_s` between runs lets the previous worker's threads go idle."""
+  cells, workers = {}, {}
+  try:
+    for mode in modes:
+      try:
+        workers[mode] = Worker(mode, width, num_seeds, steps, torch_device)
+        cells[mode] = {"times": []}
+      except WorkerError as e:
+        cells[mode] = {"error": str(e)}
+    live = list(workers)
+    for r in range(rounds):
+      for mode in live[r % len(live):] + live[:r % len(live)]:
+        time.sleep(pause_s)
+        cells[mode]["times"].append(workers[mode].run())
+  finally:
+    for mode, worker in workers.items():
+      cells[mode].update(worker.close())
+  return cells
+
+
+def paired_ratio(cells: dict, slow: str, fast: str):
+  """``(median, min, max)`` over rounds of ``time[slow] / time[fast]`` in the same
+  round: how many times faster `fast` ran than `slow`; None if either is missing."""
+  if "times" not in cells.get(slow, {}) or "times" not in cells.get(fast, {}):
+    return None
+  ratios = [s / f for s, f in zip(cells[slow]["times"], cells[fast]["times"])]
+  return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def _worker_env() -> dict:
+  """The environment of a worker: JAX allocates accelerator memory as it needs it,
+  since several workers share the device."""
+  env = dict(os.environ)
+  env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  return env
+
+
+def _one_shot(mode: str, width: int = 0, num_seeds: int = 1) -> dict:
+  """A helper measurement (matmul peak, task scaling) in a process of its own."""
+  cmd = [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}", f"--width={width}",
+         f"--num_seeds={num_seeds}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=_worker_env(),
+                        cwd=_ROOT)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(PROTOCOL)]
+  if proc.returncode or not lines:
+    raise WorkerError((proc.stderr.strip().splitlines() or ["failed"])[-1])
+  return json.loads(lines[-1][len(PROTOCOL):])
+
+
+def _default_modes(backend: str) -> list[str]:
+  return [m for m in MODES if not (backend == "cpu" and m == "engine_bf16")]
+
+
+def _format_ratio(ratio) -> str:
+  if ratio is None:
+    return "n/a"
+  median, low, high = ratio
+  return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+
+
+def _print_table(rows, peak: float) -> None:
   print("| width | seeds | steps per seed | mode | seed-steps/s | vs torch | vs jax_loop | MFU "
         "| compile s | peak RSS MiB |")
   print("|---|---|---|---|---|---|---|---|---|---|")
-  for width, num_seeds, steps, cells, rate, pairs in rows:
+  for width, num_seeds, steps, cells in rows:
     for mode, c in cells.items():
       if "error" in c:
         print(f"| {width} | {num_seeds} | {steps} | {mode} | n/a ({c['error']}) | | | | | |")
         continue
-      ratio = lambda ref, mode=mode: f"{rate[mode] / rate[ref]:.2f}x" if ref in rate else "n/a"
-      mfu = rate[mode] * model_flops_per_step(width) / peak
-      print(f"| {width} | {num_seeds} | {steps} | {mode} | {rate[mode]:.0f} | {ratio('torch')} | "
-            f"{ratio('jax_loop')} | {100 * mfu:.1f}% | {c['compile_s']:.2f} | "
-            f"{c['peak_rss_mib']:.0f} |")
-    if "probe_cost" in pairs:
-      low, high = (100 * c for c in pairs["probe_cost_range"])
-      print(f"|  |  |  | probe cost | {100 * pairs['probe_cost']:.1f}% of training time "
-            f"(median of {_PROBE_PAIRS.value} paired runs; {low:.1f} to {high:.1f}%) | | | | | |")
-  scaling = _cell("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]), _STEPS.value)
+      rate = num_seeds * steps / statistics.median(c["times"])
+      mfu = rate * model_flops_per_step(width) / peak
+      print(f"| {width} | {num_seeds} | {steps} | {mode} | {rate:.0f} | "
+            f"{_format_ratio(paired_ratio(cells, 'torch', mode))} | "
+            f"{_format_ratio(paired_ratio(cells, 'jax_loop', mode))} | {100 * mfu:.1f}% | "
+            f"{c['compile_s']:.2f} | {c['peak_rss_mib']:.0f} |")
+    cost = paired_ratio(cells, "engine", "engine_noprobe")
+    if cost is not None:
+      median, low, high = (100 * (r - 1) for r in cost)
+      print(f"|  |  |  | probe cost | {median:.1f}% of training time (median over rounds; "
+            f"{low:.1f} to {high:.1f}%) | | | | | |")
+
+
+def main(argv):
+  del argv
+  if _MODE.value == "matmul":
+    import jax  # pylint: disable=g-import-not-at-top
+    devices = jax.devices()
+    _say({"flops": matmul_peak_flops(), "backend": jax.default_backend(), "jax": jax.__version__,
+          "devices": len(devices), "device_kind": devices[0].device_kind})
+    return
+  if _MODE.value == "scaling":
+    _say(task_scaling(_WIDTH.value, _NSEEDS.value))
+    return
+  if _MODE.value:
+    serve(_MODE.value, _WIDTH.value, _NSEEDS.value, _STEPS.value)
+    return
+
+  unknown = sorted(set(_MODES.value or ()) - set(MODES))
+  if unknown:
+    print(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}",
+          file=sys.stderr)
+    sys.exit(2)
+  # JAX runs only in the workers (the parent would otherwise hold an
+  # accelerator's memory). The peak is the best of two measurements, before and
+  # after the cells: on a shared machine a single one can come out low, which
+  # would inflate MFU.
+  machine = _one_shot("matmul")
+  modes = _MODES.value or _default_modes(machine["backend"])
+  peak = machine["flops"]
+  rows = []
+  for width in map(int, _WIDTHS.value):
+    steps = _STEPS.value * (4 if width <= 64 else 1)
+    for num_seeds in map(int, _SEEDS.value):
+      cell_modes = [m for m in modes if m != "engine_rows" or num_seeds > ROWS]
+      cells = paired_rounds(cell_modes, width, num_seeds, steps, _ROUNDS.value,
+                            _TORCH_DEVICE.value)
+      rows.append((width, num_seeds, steps, cells))
+      print(f"measured width {width}, {num_seeds} seeds", file=sys.stderr, flush=True)
+  peak = max(peak, _one_shot("matmul")["flops"])
+
+  torch_info = next((c for _, _, _, cells in rows for m, c in cells.items()
+                     if m == "torch" and "torch" in c), {})
+  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"JAX {machine['jax']} on {machine['devices']} x {machine['device_kind']}"
+        + (f"; torch {torch_info['torch']} on {torch_info['torch_device']} "
+           f"({torch_info['torch_threads']} threads)" if torch_info else "")
+        + f"; dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {_ROUNDS.value} rounds\n")
+  _print_table(rows, peak)
+  scaling = _one_shot("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]))
   print("\ntask scaling (2 vs 20 tasks of the same chunk program): " + json.dumps(scaling))
 
 

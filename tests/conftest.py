@@ -11,6 +11,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "plastix-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# The test programs are tiny, so compiling them costs far more than running
+# them: with XLA's backend (LLVM) optimisations off, the suite takes about a
+# third less time on a cold cache. Read when JAX starts its backend, so set
+# here, before any test runs a computation; subprocesses inherit it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
@@ -25,6 +32,11 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from configs import shift  # pylint: disable=g-import-not-at-top
+
+
+def xla_flags(*flags: str) -> str:
+  """The tests' XLA_FLAGS with `flags` added, for a subprocess's environment."""
+  return " ".join([os.environ["XLA_FLAGS"], *flags])
 
 
 def tiny_config():

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from plastix import results
+from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.num_examples=200", "--config.num_tasks=4", "--config.steps_per_task=10",
@@ -111,7 +112,7 @@ def test_unwritable_workdir(tmp_path):
 
 
 def test_seeds_that_do_not_split_over_the_devices_are_refused(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"),
              JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "experiments.synthetic", "--config=configs/shift.py",
          "--config.num_seeds=3", f"--workdir={tmp_path / 'w'}"]

@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from tests.conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/shift.py", "--config.num_examples=200", "--config.num_tasks=2",
         "--config.steps_per_task=10", "--config.batch_size=16", "--config.num_seeds=4",
@@ -22,7 +24,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
 
 
 def test_two_processes_match_one_process(tmp_path):
