@@ -20,23 +20,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses
 import functools
-import time
 
 from absl import app
 from absl import flags
 import jax
 
+from benchmarks import timing
+
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per probe (the fastest counts).")
-
-
-def _best_time(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def main(argv):
@@ -53,16 +44,16 @@ def main(argv):
   # One task as the engine trains it (its step scan and task switch), probes off.
   no_probes = dataclasses.replace(spec, run_probes=False)
   train = jax.jit(lambda s: engine.run_task(no_probes, hp, data, s)[0].params)
-  step_s = _best_time(train, state, repeats=_REPEATS.value) / steps
+  step_s = timing.best_time(train, state, repeats=_REPEATS.value) / steps
 
   every_task = jax.jit(lambda s: engine.probe(spec, s.params, s.task, data, s.model_state,
                                               s.reference_means))
-  timings = {"every-task set": _best_time(every_task, state, repeats=_REPEATS.value)}
+  timings = {"every-task set": timing.best_time(every_task, state, repeats=_REPEATS.value)}
   for name in probe_suite.EXPENSIVE:
     settings = dataclasses.replace(spec.probe_settings, **{f"{name}_every": 1})
     probe_spec = dataclasses.replace(spec, probe_settings=settings)
     fn = jax.jit(functools.partial(engine.expensive_probes, probe_spec, hp, data, task_number=0))
-    timings[name] = _best_time(fn, state, repeats=_REPEATS.value)
+    timings[name] = timing.best_time(fn, state, repeats=_REPEATS.value)
 
   s = spec.probe_settings
   notes = {

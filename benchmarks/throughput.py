@@ -67,6 +67,8 @@ from typing import Callable
 from absl import app
 from absl import flags
 
+from benchmarks import timing
+
 _MODE = flags.DEFINE_string("mode", None, "Internal: run one mode as a worker process.")
 _STEPS = flags.DEFINE_integer(
     "steps", 600, "Training steps per seed (a multiple of 300); widths of 64 or less run "
@@ -316,17 +318,11 @@ def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
+  """FLOP/s of the fastest of `repeats` float32 ``n x n`` matrix products."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  jax.block_until_ready(dot(a, a))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(dot(a, a))
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * n ** 3 / best
+  return 2.0 * n ** 3 / timing.best_time(jax.jit(jnp.dot), a, a, repeats=repeats)
 
 
 def task_scaling(width: int, num_seeds: int) -> dict:
@@ -501,6 +497,12 @@ def _print_table(rows, peak: float) -> None:
             f"{low:.1f} to {high:.1f}%) | | | | | |")
 
 
+def _refuse(message: str) -> None:
+  """Bad command-line input: one line on stderr, exit status 2."""
+  print(message, file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   del argv
   if _MODE.value == "matmul":
@@ -518,9 +520,14 @@ def main(argv):
 
   unknown = sorted(set(_MODES.value or ()) - set(MODES))
   if unknown:
-    print(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}",
-          file=sys.stderr)
-    sys.exit(2)
+    _refuse(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
+  if _STEPS.value < STEPS_PER_TASK or _STEPS.value % STEPS_PER_TASK:
+    _refuse(f"--steps: must be a positive multiple of {STEPS_PER_TASK} (got {_STEPS.value})")
+  if _ROUNDS.value < 1:
+    _refuse(f"--rounds: must be at least 1 (got {_ROUNDS.value})")
+  for name, values in (("--widths", _WIDTHS.value), ("--seeds", _SEEDS.value)):
+    if not values or not all(v.isdigit() and int(v) > 0 for v in values):
+      _refuse(f"{name}: must be positive integers (got {','.join(values)})")
   # JAX runs only in the workers (the parent would otherwise hold an
   # accelerator's memory). The peak is the best of two measurements, before and
   # after the cells: on a shared machine a single one can come out low, which

@@ -56,7 +56,8 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags: a field the config lacks.
-    _fail(f"unknown config field {e} in {' '.join(a for a in argv[1:] if a.startswith('--config.'))}")
+    overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+    _fail(f"unknown config field {e} in {overrides}")
   except (flags.Error, ValueError, TypeError, OSError) as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 

@@ -28,7 +28,8 @@ def test_smoke_run_writes_every_output(tmp_path):
   proc = _run(*TINY, "--config.interventions=baseline,layer_norm+weight_decay",
               workdir=workdir)
   assert proc.returncode == 0, proc.stderr
-  assert "[baseline] task 2/4" in proc.stdout and "[layer_norm+weight_decay] task 4/4" in proc.stdout
+  assert "[baseline] task 2/4" in proc.stdout
+  assert "[layer_norm+weight_decay] task 4/4" in proc.stdout
   assert str(workdir) in proc.stdout and "plast_loss" in proc.stdout
   for name in ("config.json", "run_info.json", "metrics.csv", "summary.json",
                "plasticity.png"):
