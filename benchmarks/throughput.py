@@ -1,7 +1,7 @@
 r"""Throughput of plastix's engine against the usual ways of running the same study.
 
   python -m benchmarks.throughput [--steps=600] [--seeds=1,3,8] [--widths=256,32]
-                                  [--rounds=5] [--modes=...]
+                                  [--rounds=7] [--modes=...] [--json_out=FILE]
 
 Every mode trains the same workload: a depth-2 ReLU MLP on 784-pixel inputs,
 Adam (lr 1e-3), batch 128, minibatches sampled uniformly from 1,000
@@ -11,9 +11,9 @@ a second or more). Modes:
 
 * ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
   probes at every task end (``engine_noprobe``: the same without probes;
-  ``engine_rows``: with ``parallel_runs = 2`` (1 for an odd seed count), two
-  seeds side by side (one) and the rest in sequence inside the same program,
-  for more than 2 seeds;
+  ``engine_rows``: with ``parallel_runs = 2`` for an even seed count (two seeds
+  side by side, the rest in sequence inside the same program) or 1 for an
+  odd one (every seed in sequence), for more than 2 seeds;
   ``engine_bf16``: with ``model.dtype = "bfloat16"``, for accelerators). With
   several devices the seeds are sharded over all of them, as the experiment
   runner does.
@@ -24,14 +24,18 @@ a second or more). Modes:
   ``pip install torch==2.13.0`` (the CPU build).
 * ``matmul_floor``: only the step's eight matrix products (three forward, five
   backward, as JAX differentiates the same layers without their ReLUs) and an
-  SGD update, seeds vmapped: what XLA's matmul kernels alone take, a bound on
-  any JAX program of this model on this machine.
+  SGD update, seeds vmapped: what XLA's float32 matmul kernels alone take for
+  the workload, a practical bound on a JAX program of this model on this
+  machine (its inputs are fixed, so it skips the gather of a minibatch; with
+  bfloat16 layers, `engine_bf16` can beat it). The "of floor" column is a
+  mode's speed as a share of the floor's.
 
 Method. The modes of a row group (one width and seed count) each run in a
 worker process of their own, which builds its program or model once, trains
 the workload once to warm up, and waits. Then come `--rounds` rounds: in each,
-every worker trains the whole workload once, one after another, the order
-rotated from round to round. Modes timed in the same round see the machine at
+every worker trains the whole workload once, one after another, in an order
+rotated from round to round and reversed in every other round
+(`round_order`). Modes timed in the same round see the machine at
 the same speed, so a ratio between two modes is the median over rounds of the
 ratio of their times in the same round (with its range over rounds); a mode's
 seed-steps/s is from its median time. The probes' cost is the same paired
@@ -39,8 +43,10 @@ ratio of ``engine`` to ``engine_noprobe``.
 
 The machine's dense float32 matmul peak (jnp.dot of 2048^2 matrices, the best
 of a measurement before and after the cells) gives model-FLOPs utilisation:
-MFU = seed-steps/s * 6 * B * sum(fan_in * fan_out) / peak. Results print as a
-markdown table.
+MFU = seed-steps/s * 6 * B * sum(fan_in * fan_out) / peak (the usual
+convention; it counts the first layer's input gradient, which is not
+computed). Results print as a markdown table; each row group also goes to
+stderr as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -83,13 +89,15 @@ _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed runs of every mode, in rotate
 _TORCH_DEVICE = flags.DEFINE_string(
     "torch_device", "auto", "Device of the PyTorch reference: cpu, cuda, or auto (cuda "
     "when PyTorch sees a GPU).")
+_JSON_OUT = flags.DEFINE_string(
+    "json_out", "", "Also write every mode's per-round times and worker info to this file.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
 MODES = ("engine", "engine_noprobe", "engine_rows", "engine_bf16", "jax_loop", "torch",
          "matmul_floor")
-ROWS = 2  # engine_rows: parallel_runs = ROWS, or 1 where ROWS does not divide the seeds.
+ROWS = 2  # engine_rows: ROWS seeds side by side per device (see `_rows`).
 PROTOCOL = "@@throughput "  # Prefix of the worker's JSON lines on stdout.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,24 +139,30 @@ def _images():
 
 
 def prepare_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
-                   parallel_runs: int = 0, dtype: str = "float32") -> Prepared:
-  """The compiled engine for one cell; each run trains every seed from fresh states."""
+                   rows: bool = False, dtype: str = "float32") -> Prepared:
+  """The compiled engine for one cell; each run trains every seed from fresh states.
+
+  With several devices and a seed count they divide, the seeds are split over
+  every device (as the experiment runner does); `rows` then sets
+  ``parallel_runs`` to a multiple of the device count, as the runner requires.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from plastix import engine, from_config, sharding  # pylint: disable=g-import-not-at-top
   num_tasks = steps // STEPS_PER_TASK
+  devices = jax.device_count()
+  sharded = devices > 1 and num_seeds % devices == 0
   config = _config(width, num_seeds, num_tasks)
   config.probes.enabled = probes
-  config.parallel_runs = parallel_runs
+  config.parallel_runs = _rows(num_seeds, devices if sharded else 1) if rows else 0
   config.model.dtype = dtype
   data, num_classes = from_config.load_train_data(config)
   spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
   hp = from_config.hparams(config)
   keys = from_config.seed_keys(config)
-  info = {"devices": jax.device_count()}
-  if jax.device_count() > 1 and num_seeds % jax.device_count() == 0:
-    mesh = sharding.seed_mesh()  # the seeds split over every device, as the runner does
+  info = {"devices": devices, "sharded": sharded, "parallel_runs": config.parallel_runs}
+  if sharded:
+    mesh = sharding.seed_mesh()
     keys, data = sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh)
-    info["sharded"] = True
   init = lambda: engine.init_states(keys, data, hp, spec=spec)
   states = jax.block_until_ready(init())  # outside the timer: init_states compiles too
   start = time.perf_counter()
@@ -243,7 +257,8 @@ def prepare_torch(width: int, num_seeds: int, steps: int) -> Prepared:
 
   return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)),
                   {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "torch_device": device})
+                   "torch_device": device,
+                   "torch_matmul_precision": torch.get_float32_matmul_precision()})
 
 
 def matmul_floor_program(width: int, num_seeds: int, steps: int):
@@ -293,9 +308,10 @@ def prepare_matmul_floor(width: int, num_seeds: int, steps: int) -> Prepared:
   return Prepared(compile_s, run)
 
 
-def _rows(num_seeds: int) -> int:
-  """engine_rows' side-by-side runs: `ROWS`, or 1 (one seed at a time) if it does not divide."""
-  return ROWS if num_seeds % ROWS == 0 else 1
+def _rows(num_seeds: int, devices: int = 1) -> int:
+  """engine_rows' ``parallel_runs``: `ROWS` runs side by side per device, or 1 where
+  `ROWS` does not divide a device's seeds."""
+  return devices * (ROWS if (num_seeds // devices) % ROWS == 0 else 1)
 
 
 def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
@@ -305,7 +321,7 @@ def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
   if mode == "engine_noprobe":
     return prepare_engine(width, num_seeds, steps, probes=False)
   if mode == "engine_rows":
-    return prepare_engine(width, num_seeds, steps, parallel_runs=_rows(num_seeds))
+    return prepare_engine(width, num_seeds, steps, rows=True)
   if mode == "engine_bf16":
     return prepare_engine(width, num_seeds, steps, dtype="bfloat16")
   if mode == "jax_loop":
@@ -359,30 +375,44 @@ def serve(mode: str, width: int, num_seeds: int, steps: int) -> None:
   _say({"compile_s": prepared.compile_s, **prepared.info})
   for line in sys.stdin:
     if line.strip() == "run":
-      _say({"run_s": prepared.run()})
+      try:
+        _say({"run_s": prepared.run()})
+      except Exception as e:  # pylint: disable=broad-except
+        _say({"error": f"{type(e).__name__}: {e}".splitlines()[0]})
+        return
     elif line.strip() == "exit":
       break
   _say({"peak_rss_mib": _peak_rss_mib()})
 
 
 class WorkerError(RuntimeError):
-  pass
+  """A worker could not prepare its mode, failed a run, or exited."""
+
+
+def _command(mode: str, width: int = 0, num_seeds: int = 1, steps: int | None = None,
+             torch_device: str = "auto") -> list[str]:
+  """The command line of a process of this module measuring `mode`."""
+  return [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}", f"--width={width}",
+          f"--num_seeds={num_seeds}", f"--steps={steps or STEPS_PER_TASK}",
+          f"--torch_device={torch_device}"]
 
 
 class Worker:
-  """One mode's worker process, driven over its stdin and stdout."""
+  """One mode's worker process, driven over its stdin and stdout; its stderr goes to
+  a temporary file (read back to explain a failure), so no pipe can fill up."""
 
   def __init__(self, mode: str, width: int, num_seeds: int, steps: int,
                torch_device: str = "auto"):
     self.mode = mode
     self._log = tempfile.TemporaryFile(mode="w+")
-    cmd = [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}",
-           f"--width={width}", f"--num_seeds={num_seeds}", f"--steps={steps}",
-           f"--torch_device={torch_device}"]
-    self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=self._log, text=True, env=_worker_env(),
-                                  cwd=_ROOT)
-    self.info = self._read()
+    self._proc = subprocess.Popen(_command(mode, width, num_seeds, steps, torch_device),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self._log, text=True, env=_worker_env(), cwd=_ROOT)
+    try:
+      self.info = self._read()
+    except WorkerError:
+      self.close()
+      raise
 
   def _read(self) -> dict:
     for line in self._proc.stdout:
@@ -395,43 +425,72 @@ class Worker:
     lines = self._log.read().strip().splitlines() or ["exited"]
     raise WorkerError(lines[-1])
 
+  def _send(self, command: str) -> None:
+    try:
+      self._proc.stdin.write(command + "\n")
+      self._proc.stdin.flush()
+    except (BrokenPipeError, ValueError) as e:  # the worker has exited
+      raise WorkerError(f"{self.mode} worker exited") from e
+
   def run(self) -> float:
-    self._proc.stdin.write("run\n")
-    self._proc.stdin.flush()
+    """Trains the workload once; its seconds."""
+    self._send("run")
     return self._read()["run_s"]
 
   def close(self) -> dict:
-    if self._proc.poll() is None:
-      self._proc.stdin.write("exit\n")
-      self._proc.stdin.flush()
-      self.info.update(self._read())
+    """Ends the worker (killing it if it does not exit); its info and peak memory."""
+    info = dict(getattr(self, "info", {}))
+    try:
+      if self._proc.poll() is None:
+        self._send("exit")
+        info.update(self._read())
+      self._proc.wait(timeout=60)
+    except (WorkerError, subprocess.TimeoutExpired):
+      self._proc.kill()
       self._proc.wait()
-    self._log.close()
-    return self.info
+    finally:
+      for stream in (self._proc.stdin, self._proc.stdout, self._log):
+        if stream is not None and not stream.closed:
+          stream.close()
+    return info
+
+
+def round_order(modes: list[str], r: int) -> list[str]:
+  """The order of round `r`: `modes` rotated by `r`, reversed in odd rounds, so that
+  over the rounds each mode runs early and late and after different modes."""
+  k = r % len(modes) if modes else 0
+  order = modes[k:] + modes[:k]
+  return order[::-1] if r % 2 else order
 
 
 def paired_rounds(modes, width: int, num_seeds: int, steps: int, rounds: int,
-                  torch_device: str = "auto", pause_s: float = 0.2) -> dict:
-  """``{mode: {"times": [seconds per round], **worker info}}`` (``{"error": ...}``
-  for a mode that failed): each mode's worker is prepared in turn, then every
-  round times each worker once, in an order rotated by one mode per round.
-  `pause_s` between runs lets the previous worker's threads go idle."""
+                  torch_device: str = "auto", pause_s: float = 0.2,
+                  worker=Worker) -> dict:
+  """``{mode: {"times": [seconds per round], **worker info}}``, or ``{"error": ...}``
+  for a mode that failed (with the times of the rounds it finished, if any).
+
+  Each mode's worker is prepared in turn; then every round times each live
+  worker once, in `round_order`. `pause_s` between runs lets the previous
+  worker's threads go idle. A worker that fails is dropped from later rounds.
+  """
   cells, workers = {}, {}
   try:
     for mode in modes:
       try:
-        workers[mode] = Worker(mode, width, num_seeds, steps, torch_device)
+        workers[mode] = worker(mode, width, num_seeds, steps, torch_device)
         cells[mode] = {"times": []}
       except WorkerError as e:
         cells[mode] = {"error": str(e)}
-    live = list(workers)
     for r in range(rounds):
-      for mode in live[r % len(live):] + live[:r % len(live)]:
+      for mode in round_order([m for m in workers if "error" not in cells[m]], r):
         time.sleep(pause_s)
-        cells[mode]["times"].append(workers[mode].run())
+        try:
+          cells[mode]["times"].append(workers[mode].run())
+        except WorkerError as e:
+          cells[mode]["error"] = f"round {r + 1}: {e}"
   finally:
-    for mode, worker in workers.items():
-      cells[mode].update(worker.close())
+    for mode, w in workers.items():
+      cells[mode].update(w.close())
   return cells
 
 
@@ -454,9 +513,7 @@ def _worker_env() -> dict:
 
 def _one_shot(mode: str, width: int = 0, num_seeds: int = 1) -> dict:
   """A helper measurement (matmul peak, task scaling) in a process of its own."""
-  cmd = [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}", f"--width={width}",
-         f"--num_seeds={num_seeds}"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=_worker_env(),
+  proc = subprocess.run(_command(mode, width, num_seeds), capture_output=True, text=True, timeout=3600, env=_worker_env(),
                         cwd=_ROOT)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(PROTOCOL)]
   if proc.returncode or not lines:
@@ -468,33 +525,44 @@ def _default_modes(backend: str) -> list[str]:
   return [m for m in MODES if not (backend == "cpu" and m == "engine_bf16")]
 
 
-def _format_ratio(ratio) -> str:
+def _format_ratio(ratio, percent: bool = False) -> str:
   if ratio is None:
     return "n/a"
   median, low, high = ratio
+  if percent:
+    return f"{100 * median:.0f}% ({100 * low:.0f}-{100 * high:.0f})"
   return f"{median:.2f}x ({low:.2f}-{high:.2f})"
 
 
-def _print_table(rows, peak: float) -> None:
-  print("| width | seeds | steps per seed | mode | seed-steps/s | vs torch | vs jax_loop | MFU "
-        "| compile s | peak RSS MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for width, num_seeds, steps, cells in rows:
-    for mode, c in cells.items():
-      if "error" in c:
-        print(f"| {width} | {num_seeds} | {steps} | {mode} | n/a ({c['error']}) | | | | | |")
-        continue
-      rate = num_seeds * steps / statistics.median(c["times"])
-      mfu = rate * model_flops_per_step(width) / peak
-      print(f"| {width} | {num_seeds} | {steps} | {mode} | {rate:.0f} | "
-            f"{_format_ratio(paired_ratio(cells, 'torch', mode))} | "
-            f"{_format_ratio(paired_ratio(cells, 'jax_loop', mode))} | {100 * mfu:.1f}% | "
-            f"{c['compile_s']:.2f} | {c['peak_rss_mib']:.0f} |")
-    cost = paired_ratio(cells, "engine", "engine_noprobe")
-    if cost is not None:
-      median, low, high = (100 * (r - 1) for r in cost)
-      print(f"|  |  |  | probe cost | {median:.1f}% of training time (median over rounds; "
-            f"{low:.1f} to {high:.1f}%) | | | | | |")
+HEADER = ("| width | seeds | steps per seed | mode | seed-steps/s | vs torch | vs jax_loop "
+          "| of floor | MFU | compile s | peak RSS MiB |")
+
+
+def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float) -> list[str]:
+  """The markdown rows of one row group: per mode its seed-steps/s (from its median
+  time), its paired speed relative to torch, jax_loop and matmul_floor, MFU,
+  compile time and peak memory; then the probes' paired cost."""
+  lines = []
+  for mode, c in cells.items():
+    if "error" in c:
+      lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | n/a ({c['error']}) "
+                   "| | | | | | |")
+      continue
+    rate = num_seeds * steps / statistics.median(c["times"])
+    mfu = rate * model_flops_per_step(width) / peak
+    vs = lambda ref, mode=mode, percent=False: ("1.00x" if ref == mode and not percent else
+                                                "100%" if ref == mode else
+                                                _format_ratio(paired_ratio(cells, ref, mode),
+                                                              percent))
+    lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | {rate:.0f} | {vs('torch')} | "
+                 f"{vs('jax_loop')} | {vs('matmul_floor', percent=True)} | {100 * mfu:.1f}% | "
+                 f"{c['compile_s']:.2f} | {c['peak_rss_mib']:.0f} |")
+  cost = paired_ratio(cells, "engine", "engine_noprobe")
+  if cost is not None:
+    median, low, high = (100 * (r - 1) for r in cost)
+    lines.append(f"|  |  |  | probe cost | {median:.1f}% of training time (median over "
+                 f"rounds; {low:.1f} to {high:.1f}%) | | | | | | |")
+  return lines
 
 
 def _refuse(message: str) -> None:
@@ -543,7 +611,14 @@ def main(argv):
       cells = paired_rounds(cell_modes, width, num_seeds, steps, _ROUNDS.value,
                             _TORCH_DEVICE.value)
       rows.append((width, num_seeds, steps, cells))
-      print(f"measured width {width}, {num_seeds} seeds", file=sys.stderr, flush=True)
+      # Each row group as it is measured (against the first peak), so that a
+      # later failure loses nothing.
+      print("\n".join([f"measured width {width}, {num_seeds} seeds:",
+                       *table_lines(width, num_seeds, steps, cells, peak)]),
+            file=sys.stderr, flush=True)
+      if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+          json.dump({"machine": machine, "rows": rows}, f, indent=1)
   peak = max(peak, _one_shot("matmul")["flops"])
 
   torch_info = next((c for _, _, _, cells in rows for m, c in cells.items()
@@ -551,9 +626,13 @@ def main(argv):
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"JAX {machine['jax']} on {machine['devices']} x {machine['device_kind']}"
         + (f"; torch {torch_info['torch']} on {torch_info['torch_device']} "
-           f"({torch_info['torch_threads']} threads)" if torch_info else "")
+           f"({torch_info['torch_threads']} threads, float32 matmul precision "
+           f"{torch_info['torch_matmul_precision']})" if torch_info else "")
         + f"; dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {_ROUNDS.value} rounds\n")
-  _print_table(rows, peak)
+  print(HEADER)
+  print("|" + "---|" * (HEADER.count("|") - 1))
+  for row in rows:
+    print("\n".join(table_lines(*row, peak)))
   scaling = _one_shot("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]))
   print("\ntask scaling (2 vs 20 tasks of the same chunk program): " + json.dumps(scaling))
 

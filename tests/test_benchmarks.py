@@ -1,9 +1,12 @@
 """The throughput benchmark's method: paired ratios, worker rounds, the matmul floor."""
 
 import chex
+import jax
 import jax.numpy as jnp
 
 from benchmarks import throughput
+from plastix import engine, from_config
+from tests.conftest import tiny_config
 
 
 def test_paired_ratio_is_the_median_of_ratios_within_each_round():
@@ -18,30 +21,115 @@ def test_paired_ratio_is_the_median_of_ratios_within_each_round():
   assert throughput.paired_ratio(cells, "torch", "missing") is None
 
 
+def test_round_order_rotates_and_reverses():
+  modes = ["a", "b", "c"]
+  assert throughput.round_order(modes, 0) == ["a", "b", "c"]
+  assert throughput.round_order(modes, 1) == ["a", "c", "b"]  # [b, c, a] reversed
+  assert throughput.round_order(modes, 2) == ["c", "a", "b"]
+  orders = [throughput.round_order(modes, r) for r in range(6)]
+  assert all(sorted(o) == modes for o in orders)
+  assert {o[0] for o in orders} == {o[-1] for o in orders} == set(modes)
+  # Every mode follows more than one other mode over the rounds.
+  before = {m: {o[i - 1] for o in orders for i in range(1, 3) if o[i] == m} for m in modes}
+  assert all(len(b) == 2 for b in before.values())
+  assert throughput.round_order([], 3) == []
+
+
+class FakeWorker:
+  """A worker whose run times are known: mode `a` takes 1 s x the run number,
+  `b` 2 s x; `flaky` fails its second run; `unprepared` cannot start."""
+  closed = []
+
+  def __init__(self, mode, width, num_seeds, steps, torch_device):
+    del width, num_seeds, steps, torch_device
+    if mode == "unprepared":
+      raise throughput.WorkerError("cannot prepare")
+    self.mode, self.runs, self.info = mode, 0, {"compile_s": 0.5}
+
+  def run(self):
+    self.runs += 1
+    if self.mode == "flaky" and self.runs == 2:
+      raise throughput.WorkerError("crashed")
+    return {"a": 1.0, "b": 2.0, "flaky": 3.0}[self.mode] * self.runs
+
+  def close(self):
+    FakeWorker.closed.append(self.mode)
+    return dict(self.info, peak_rss_mib=1.0)
+
+
+def test_a_worker_that_fails_is_dropped_and_the_others_carry_on():
+  FakeWorker.closed = []
+  cells = throughput.paired_rounds(["a", "b", "flaky", "unprepared"], width=8, num_seeds=1,
+                                   steps=300, rounds=4, pause_s=0.0, worker=FakeWorker)
+  assert cells["a"]["times"] == [1.0, 2.0, 3.0, 4.0]
+  assert cells["b"]["times"] == [2.0, 4.0, 6.0, 8.0]
+  assert throughput.paired_ratio(cells, "b", "a") == (2.0, 2.0, 2.0)
+  assert cells["flaky"]["times"] == [3.0]
+  assert cells["flaky"]["error"].endswith("crashed") and "round" in cells["flaky"]["error"]
+  assert cells["unprepared"] == {"error": "cannot prepare"}
+  assert sorted(FakeWorker.closed) == ["a", "b", "flaky"]
+  assert cells["a"]["compile_s"] == 0.5 and cells["a"]["peak_rss_mib"] == 1.0
+
+
+def test_table_rows_put_each_paired_ratio_in_its_column():
+  cell = lambda times: {"times": times, "compile_s": 1.0, "peak_rss_mib": 100.0}
+  cells = {"engine": cell([2.0, 2.0, 2.0]), "engine_noprobe": cell([1.9, 1.9, 1.9]),
+           "jax_loop": cell([3.0, 3.0, 3.0]), "torch": cell([4.0, 4.0, 4.0]),
+           "matmul_floor": cell([1.6, 1.6, 1.6]), "engine_bf16": {"error": "boom"}}
+  lines = throughput.table_lines(32, 2, 300, cells, peak=1e12)
+  columns = [c.strip() for c in throughput.HEADER.strip("|").split("|")]
+  rows = {line.split("|")[4].strip(): dict(zip(columns, (c.strip() for c in
+                                                         line.strip("|").split("|"))))
+          for line in lines}
+  engine_row = rows["engine"]
+  assert engine_row["seed-steps/s"] == "300"  # 2 seeds x 300 steps in 2 s
+  assert engine_row["vs torch"] == "2.00x (2.00-2.00)"
+  assert engine_row["vs jax_loop"] == "1.50x (1.50-1.50)"
+  assert engine_row["of floor"] == "80% (80-80)"
+  assert engine_row["MFU"] == f"{100 * 300 * throughput.model_flops_per_step(32) / 1e12:.1f}%"
+  assert rows["torch"]["vs torch"] == "1.00x" and rows["matmul_floor"]["of floor"] == "100%"
+  assert "n/a (boom)" in rows["engine_bf16"]["seed-steps/s"]
+  assert "5.3% of training time" in rows["probe cost"]["seed-steps/s"]  # 2.0 / 1.9 - 1
+
+
 def test_model_flops_count_every_layer_forward_and_backward():
   # 6 * batch * (784 * 32 + 32 * 32 + 32 * 10), worked out by hand.
   assert throughput.model_flops_per_step(32) == 6 * 128 * (25088 + 1024 + 320)
 
 
-def test_matmul_floor_is_the_steps_eight_products():
+def _products(lowered) -> list[str]:
+  return [line for line in lowered.as_text().splitlines() if "dot_general" in line]
+
+
+def test_matmul_floor_has_the_engine_steps_products():
   program, (kernels, inputs) = throughput.matmul_floor_program(width=8, num_seeds=2, steps=3)
   chex.assert_shape(kernels, [(2, 784, 8), (2, 8, 8), (2, 8, 10)])
   chex.assert_shape(inputs, (2, 128, 784))  # every seed its own inputs, as in the engine
-  text = program.lower(kernels, inputs).as_text()
+  floor = _products(program.lower(kernels, inputs))
   # Three forward products; backward, a kernel gradient per layer and an input
   # gradient for every layer but the first.
-  products = [line for line in text.splitlines() if "dot_general" in line]
-  assert len(products) == 8
-  assert all("batching_dims" in line for line in products)  # each seed its own products
+  assert len(floor) == 8
+  assert all("batching_dims" in line for line in floor)  # each seed its own products
   out = program(kernels, inputs)
   chex.assert_trees_all_equal_shapes(out, kernels)
   assert all(bool(jnp.any(o != k)) for o, k in zip(out, kernels))  # the SGD updates ran
 
+  # The engine's training step of the same MLP has exactly as many products.
+  config = tiny_config()
+  config.model.width, config.batch_size, config.probes.enabled = 8, 128, False
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
+  hp = from_config.hparams(config)
+  state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
+  step = jax.jit(lambda s, k: engine.train_step(spec, hp, data, s, k)[0])
+  assert len(_products(step.lower(state, jax.random.PRNGKey(1)))) == len(floor)
+
 
 def test_workers_time_every_mode_in_every_round_and_report_failures():
-  cells = throughput.paired_rounds(["matmul_floor", "no_such_mode"], width=8, num_seeds=2,
-                                   steps=300, rounds=3, pause_s=0.0)
-  floor = cells["matmul_floor"]
-  assert len(floor["times"]) == 3 and all(t > 0 for t in floor["times"])
-  assert floor["compile_s"] > 0 and floor["peak_rss_mib"] > 0
+  cells = throughput.paired_rounds(["matmul_floor", "engine_noprobe", "no_such_mode"], width=8,
+                                   num_seeds=2, steps=300, rounds=3, pause_s=0.0)
+  for mode in ("matmul_floor", "engine_noprobe"):
+    assert len(cells[mode]["times"]) == 3 and all(t > 0 for t in cells[mode]["times"])
+    assert cells[mode]["compile_s"] > 0 and cells[mode]["peak_rss_mib"] > 0
+  assert cells["engine_noprobe"]["parallel_runs"] == 0
   assert "unknown mode 'no_such_mode'" in cells["no_such_mode"]["error"]
