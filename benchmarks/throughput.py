@@ -35,7 +35,7 @@ worker process of their own, which builds its program or model once, trains
 the workload once to warm up, and waits. Then come `--rounds` rounds: in each,
 every worker trains the whole workload once, one after another, in an order
 rotated from round to round and reversed in every other round
-(`round_order`). Modes timed in the same round see the machine at
+(`round_order`). Modes timed in the same round see the machine at about
 the same speed, so a ratio between two modes is the median over rounds of the
 ratio of their times in the same round (with its range over rounds); a mode's
 seed-steps/s is from its median time. The probes' cost is the same paired

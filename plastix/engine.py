@@ -419,9 +419,10 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
   With ``spec.parallel_runs = b`` (0 < b < R runs), the R runs are arranged
   as ``[b, R / b]``: the b rows are vmapped side by side and each row's R / b
   runs go one after another (``vmap`` of ``lax.map``), so only b runs'
-  parameters and optimizer states are live at a time. On a CPU a
-  matmul-bound model trains faster that way (its working set stays in cache);
-  the results are those of the all-vmapped program. The run axis is split into
+  parameters and optimizer states are live at a time. On a CPU that can keep
+  a matmul-bound model's working set in cache (see the README's "Speed and
+  scale" for when it paid off); the results are those of the all-vmapped
+  program. The run axis is split into
   contiguous blocks, so a run sharding over d devices (d dividing b) becomes a
   sharding of the b rows and each device keeps its own runs.
   """
