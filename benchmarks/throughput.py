@@ -363,6 +363,10 @@ def _say(message: dict) -> None:
   print(PROTOCOL + json.dumps(message), flush=True)
 
 
+def _error(e: Exception) -> dict:
+  return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+
+
 def serve(mode: str, width: int, num_seeds: int, steps: int) -> None:
   """The worker: prepares `mode`, warms it up, then answers ``run`` (train once,
   report seconds) and ``exit`` (report peak memory) read from stdin."""
@@ -370,7 +374,7 @@ def serve(mode: str, width: int, num_seeds: int, steps: int) -> None:
     prepared = prepare(mode, width, num_seeds, steps)
     prepared.run()  # warm-up
   except Exception as e:  # pylint: disable=broad-except
-    _say({"error": f"{type(e).__name__}: {e}".splitlines()[0]})
+    _say(_error(e))
     return
   _say({"compile_s": prepared.compile_s, **prepared.info})
   for line in sys.stdin:
@@ -378,7 +382,7 @@ def serve(mode: str, width: int, num_seeds: int, steps: int) -> None:
       try:
         _say({"run_s": prepared.run()})
       except Exception as e:  # pylint: disable=broad-except
-        _say({"error": f"{type(e).__name__}: {e}".splitlines()[0]})
+        _say(_error(e))
         return
     elif line.strip() == "exit":
       break
@@ -550,10 +554,13 @@ def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float
       continue
     rate = num_seeds * steps / statistics.median(c["times"])
     mfu = rate * model_flops_per_step(width) / peak
-    vs = lambda ref, mode=mode, percent=False: ("1.00x" if ref == mode and not percent else
-                                                "100%" if ref == mode else
-                                                _format_ratio(paired_ratio(cells, ref, mode),
-                                                              percent))
+
+    def vs(ref: str, percent: bool = False, mode=mode) -> str:
+      """`mode`'s paired speed relative to `ref` (plainly 1 for `ref` itself)."""
+      if ref == mode:
+        return "100%" if percent else "1.00x"
+      return _format_ratio(paired_ratio(cells, ref, mode), percent)
+
     lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | {rate:.0f} | {vs('torch')} | "
                  f"{vs('jax_loop')} | {vs('matmul_floor', percent=True)} | {100 * mfu:.1f}% | "
                  f"{c['compile_s']:.2f} | {c['peak_rss_mib']:.0f} |")

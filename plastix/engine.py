@@ -422,9 +422,9 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
   parameters and optimizer states are live at a time. On a CPU that can keep
   a matmul-bound model's working set in cache (see the README's "Speed and
   scale" for when it paid off); the results are those of the all-vmapped
-  program. The run axis is split into
-  contiguous blocks, so a run sharding over d devices (d dividing b) becomes a
-  sharding of the b rows and each device keeps its own runs.
+  program. The run axis is split into contiguous blocks, so a run sharding
+  over d devices (d dividing b) becomes a sharding of the b rows and each
+  device keeps its own runs.
   """
   numbers = jnp.asarray(first_task, jnp.int32) + jnp.arange(num_tasks, dtype=jnp.int32)
 
