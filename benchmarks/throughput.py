@@ -11,12 +11,16 @@ a second or more). Modes:
 
 * ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
   probes at every task end (``engine_noprobe``: the same without probes;
-  ``engine_rows``: with ``parallel_runs = 2`` for an even seed count (two seeds
-  side by side, the rest in sequence inside the same program) or 1 for an
-  odd one (every seed in sequence), for more than 2 seeds;
-  ``engine_bf16``: with ``model.dtype = "bfloat16"``, for accelerators). With
-  several devices the seeds are sharded over all of them, as the experiment
-  runner does.
+  ``engine_rows``: on one device, with ``parallel_runs = 2`` for an even seed
+  count (two seeds side by side, the rest in sequence inside the same
+  program) or 1 for an odd one (every seed in sequence), for more than 2
+  seeds; only on request;
+  ``engine_bf16``: with ``model.dtype = "bfloat16"``, for accelerators). The
+  seeds are sharded over the devices as the experiment runner shards them: on
+  a CPU over as many devices as `plastix.sharding.cpu_device_count` splits the
+  host into for the seed count (``config.cpu_devices = 0``);
+  ``engine_one_device`` is ``engine`` on one CPU device, with XLA's threads
+  splitting each operation instead (CPU only).
 * ``jax_loop``: the same flax model and optax optimizer, a jitted update per
   step called from a Python loop with numpy minibatches, seeds one after another.
 * ``torch``: a PyTorch eager reference (same model, Adam, batch size and
@@ -24,11 +28,12 @@ a second or more). Modes:
   ``pip install torch==2.13.0`` (the CPU build).
 * ``matmul_floor``: only the step's eight matrix products (three forward, five
   backward, as JAX differentiates the same layers without their ReLUs) and an
-  SGD update, seeds vmapped: what XLA's float32 matmul kernels alone take for
-  the workload, a practical bound on a JAX program of this model on this
-  machine (its inputs are fixed, so it skips the gather of a minibatch; with
-  bfloat16 layers, `engine_bf16` can beat it). The "of floor" column is a
-  mode's speed as a share of the floor's.
+  SGD update, seeds vmapped and sharded over the same devices as ``engine``'s:
+  what XLA's float32 matmul kernels alone take for the workload, a practical
+  bound on a JAX program of this model on this machine (its inputs are fixed,
+  so it skips the gather of a minibatch; with bfloat16 layers, `engine_bf16`
+  can beat it). The "of floor" column is a mode's speed as a share of the
+  floor's.
 
 Method. The modes of a row group (one width and seed count) each run in a
 worker process of their own, which builds its program or model once, trains
@@ -83,8 +88,8 @@ _SEEDS = flags.DEFINE_list("seeds", ["1", "3", "8"],
                            "Seed counts to measure (3 is the default study's).")
 _WIDTHS = flags.DEFINE_list("widths", ["256", "32"], "MLP widths to measure.")
 _MODES = flags.DEFINE_list(
-    "modes", None, "Modes to measure (default: every mode but engine_bf16 on a CPU, "
-    "every mode on an accelerator).")
+    "modes", None, "Modes to measure (default: engine, engine_noprobe, engine_one_device on "
+    "a CPU or engine_bf16 on an accelerator, jax_loop, torch, matmul_floor).")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed runs of every mode, in rotated order.")
 _TORCH_DEVICE = flags.DEFINE_string(
     "torch_device", "auto", "Device of the PyTorch reference: cpu, cuda, or auto (cuda "
@@ -95,8 +100,15 @@ _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
-MODES = ("engine", "engine_noprobe", "engine_rows", "engine_bf16", "jax_loop", "torch",
-         "matmul_floor")
+MODES = ("engine", "engine_noprobe", "engine_one_device", "engine_rows", "engine_bf16",
+         "jax_loop", "torch", "matmul_floor")
+# Measured unless --modes says otherwise: engine_rows only on request (it was
+# no faster than every seed side by side), engine_bf16 only on accelerators and
+# engine_one_device only on a CPU.
+DEFAULT_MODES = {"cpu": ("engine", "engine_noprobe", "engine_one_device", "jax_loop", "torch",
+                         "matmul_floor"),
+                 "accelerator": ("engine", "engine_noprobe", "engine_bf16", "jax_loop", "torch",
+                                 "matmul_floor")}
 ROWS = 2  # engine_rows: ROWS seeds side by side per device (see `_rows`).
 PROTOCOL = "@@throughput "  # Prefix of the worker's JSON lines on stdout.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,16 +150,34 @@ def _images():
   return ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0
 
 
+def split_devices(width: int, num_seeds: int, one_device: bool = False) -> None:
+  """Splits a CPU host into devices for `num_seeds` runs as the experiment runner
+  does (``config.cpu_devices = 0``), or into one device; before any JAX operation."""
+  from plastix import from_config, sharding  # pylint: disable=g-import-not-at-top
+  config = _config(width, num_seeds, 1)
+  config.cpu_devices = 1 if one_device else 0
+  examples = from_config.load_dataset(config, "train").images[:EXAMPLES]
+  count = from_config.cpu_devices(config, num_seeds, examples.nbytes)
+  if count is not None:
+    sharding.use_cpu_devices(count)
+
+
 def prepare_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
-                   rows: bool = False, dtype: str = "float32") -> Prepared:
+                   rows: bool = False, dtype: str = "float32",
+                   one_device: bool = False) -> Prepared:
   """The compiled engine for one cell; each run trains every seed from fresh states.
 
-  With several devices and a seed count they divide, the seeds are split over
-  every device (as the experiment runner does); `rows` then sets
-  ``parallel_runs`` to a multiple of the device count, as the runner requires.
+  The seeds are split over every device (as the experiment runner does, a CPU
+  host split into devices by `split_devices`) where their count divides the
+  seeds; `rows` then sets ``parallel_runs`` to a multiple of the device count,
+  as the runner requires.
   """
+  split_devices(width, num_seeds, one_device)
   import jax  # pylint: disable=g-import-not-at-top
   from plastix import engine, from_config, sharding  # pylint: disable=g-import-not-at-top
+  if one_device and jax.default_backend() != "cpu":
+    raise ValueError(f"one device is a CPU mode; the default backend is "
+                     f"{jax.default_backend()}")
   num_tasks = steps // STEPS_PER_TASK
   devices = jax.device_count()
   sharded = devices > 1 and num_seeds % devices == 0
@@ -261,14 +291,15 @@ def prepare_torch(width: int, num_seeds: int, steps: int) -> Prepared:
                    "torch_matmul_precision": torch.get_float32_matmul_precision()})
 
 
-def matmul_floor_program(width: int, num_seeds: int, steps: int):
+def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):
   """``(program, (kernels, inputs))``: the step's matrix products alone, for `steps` steps.
 
   A bias-free linear MLP of the workload's shapes with loss ``|f(x)|^2 / 2``,
   differentiated by JAX (three forward and five backward products; no input
   gradient) and updated by SGD, each seed on its own inputs (as each seed of
   the engine draws its own minibatches), seeds vmapped, steps in a
-  `lax.scan`: what XLA's matmul kernels alone take for the workload.
+  `lax.scan`: what XLA's matmul kernels alone take for the workload. With a
+  `mesh` (`plastix.sharding.seed_mesh`), the seeds are sharded over it.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -277,6 +308,9 @@ def matmul_floor_program(width: int, num_seeds: int, steps: int):
   kernels = [jax.random.normal(k, (num_seeds, a, b)) / a ** 0.5
              for k, a, b in zip(keys, dims, dims[1:])]
   inputs = jax.random.uniform(keys[-1], (num_seeds, BATCH, INPUT_DIM))
+  if mesh is not None:
+    from plastix import sharding  # pylint: disable=g-import-not-at-top
+    kernels, inputs = sharding.shard_seeds((kernels, inputs), mesh)
 
   def loss(ws, x):
     for w in ws:
@@ -293,9 +327,15 @@ def matmul_floor_program(width: int, num_seeds: int, steps: int):
 
 
 def prepare_matmul_floor(width: int, num_seeds: int, steps: int) -> Prepared:
-  """`matmul_floor_program`, compiled; each run trains every seed's kernels once."""
+  """`matmul_floor_program`, compiled, on the devices `engine` would use; each run
+  trains every seed's kernels once."""
+  split_devices(width, num_seeds)
   import jax  # pylint: disable=g-import-not-at-top
-  program, args = matmul_floor_program(width, num_seeds, steps)
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
+  devices = jax.device_count()
+  sharded = devices > 1 and num_seeds % devices == 0
+  program, args = matmul_floor_program(width, num_seeds, steps,
+                                       sharding.seed_mesh() if sharded else None)
   start = time.perf_counter()
   compiled = program.lower(*args).compile()
   compile_s = time.perf_counter() - start
@@ -305,7 +345,7 @@ def prepare_matmul_floor(width: int, num_seeds: int, steps: int) -> Prepared:
     jax.block_until_ready(compiled(*args))
     return time.perf_counter() - start
 
-  return Prepared(compile_s, run)
+  return Prepared(compile_s, run, {"devices": devices, "sharded": sharded})
 
 
 def _rows(num_seeds: int, devices: int = 1) -> int:
@@ -320,8 +360,10 @@ def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
     return prepare_engine(width, num_seeds, steps)
   if mode == "engine_noprobe":
     return prepare_engine(width, num_seeds, steps, probes=False)
+  if mode == "engine_one_device":
+    return prepare_engine(width, num_seeds, steps, one_device=True)
   if mode == "engine_rows":
-    return prepare_engine(width, num_seeds, steps, rows=True)
+    return prepare_engine(width, num_seeds, steps, rows=True, one_device=True)
   if mode == "engine_bf16":
     return prepare_engine(width, num_seeds, steps, dtype="bfloat16")
   if mode == "jax_loop":
@@ -526,7 +568,7 @@ def _one_shot(mode: str, width: int = 0, num_seeds: int = 1) -> dict:
 
 
 def _default_modes(backend: str) -> list[str]:
-  return [m for m in MODES if not (backend == "cpu" and m == "engine_bf16")]
+  return list(DEFAULT_MODES["cpu" if backend == "cpu" else "accelerator"])
 
 
 def _format_ratio(ratio, percent: bool = False) -> str:
@@ -538,18 +580,20 @@ def _format_ratio(ratio, percent: bool = False) -> str:
   return f"{median:.2f}x ({low:.2f}-{high:.2f})"
 
 
-HEADER = ("| width | seeds | steps per seed | mode | seed-steps/s | vs torch | vs jax_loop "
-          "| of floor | MFU | compile s | peak RSS MiB |")
+HEADER = ("| width | seeds | steps per seed | mode | devices | seed-steps/s | vs torch "
+          "| vs jax_loop | of floor | MFU | compile s | peak RSS MiB |")
 
 
 def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float) -> list[str]:
-  """The markdown rows of one row group: per mode its seed-steps/s (from its median
-  time), its paired speed relative to torch, jax_loop and matmul_floor, MFU,
-  compile time and peak memory; then the probes' paired cost."""
+  """The markdown rows of one row group: per mode its devices (where it reports
+  them), seed-steps/s (from its median time), its paired speed relative to
+  torch, jax_loop and matmul_floor, MFU, compile time and peak memory; then the
+  probes' paired cost and, where `engine` ran on several CPU devices, its
+  paired speed-up over `engine_one_device`."""
   lines = []
   for mode, c in cells.items():
     if "error" in c:
-      lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | n/a ({c['error']}) "
+      lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | | n/a ({c['error']}) "
                    "| | | | | | |")
       continue
     rate = num_seeds * steps / statistics.median(c["times"])
@@ -561,14 +605,19 @@ def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float
         return "100%" if percent else "1.00x"
       return _format_ratio(paired_ratio(cells, ref, mode), percent)
 
-    lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | {rate:.0f} | {vs('torch')} | "
+    lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | {c.get('devices', '')} | "
+                 f"{rate:.0f} | {vs('torch')} | "
                  f"{vs('jax_loop')} | {vs('matmul_floor', percent=True)} | {100 * mfu:.1f}% | "
                  f"{c['compile_s']:.2f} | {c['peak_rss_mib']:.0f} |")
   cost = paired_ratio(cells, "engine", "engine_noprobe")
   if cost is not None:
     median, low, high = (100 * (r - 1) for r in cost)
-    lines.append(f"|  |  |  | probe cost | {median:.1f}% of training time (median over "
+    lines.append(f"|  |  |  | probe cost | | {median:.1f}% of training time (median over "
                  f"rounds; {low:.1f} to {high:.1f}%) | | | | | | |")
+  split = paired_ratio(cells, "engine_one_device", "engine")
+  if split is not None and cells["engine"].get("devices", 1) > 1:
+    lines.append(f"|  |  |  | CPU split | | {_format_ratio(split)} the speed of one device "
+                 f"(median over rounds) | | | | | | |")
   return lines
 
 

@@ -61,6 +61,13 @@ def get_config() -> ml_collections.ConfigDict:
   # sequence inside the same program (0 = all side by side). On a CPU, a
   # matmul-bound model is faster with few side by side (see README, "Speed").
   config.parallel_runs = 0
+  # JAX devices to split a CPU-only host into, the runs sharded over them (a
+  # program per device beats XLA's threads inside one program on a CPU; see
+  # README, "Speed"). 0: for an MLP, as many as `plastix.sharding.cpu_device_count`
+  # chooses for the runs and cores (the float rounding can then differ between
+  # machines with different core counts), one for other models (a CNN measured
+  # slower split); 1: one device. No effect on a GPU or TPU.
+  config.cpu_devices = 0
 
   # Multi-process jobs (one process per host): jax.distributed.initialize() with
   # these arguments; "" / -1 let JAX detect them (SLURM, Open MPI, TPU pods).

@@ -85,6 +85,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # How the job is laid out over processes: differs between the processes of one
 # job (process_id) and may change on resume without changing any result.
 _LAYOUT_FIELDS = ("distributed.",)
+# Fields added since a workdir may have been written, with the value that
+# means what the older code did (cpu_devices: its run_info.json holds no split,
+# so the run resumes on JAX's own devices, as it started).
+_ADDED_FIELDS = {"cpu_devices": 0}
 
 
 def _check_resumable(workdir: str, config_dict: dict) -> bool:
@@ -97,7 +101,7 @@ def _check_resumable(workdir: str, config_dict: dict) -> bool:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     _fail(f"--workdir {workdir!r} has an unreadable config.json ({e}); use a new --workdir")
-  old, new = _flatten(saved), _flatten(config_dict)
+  old, new = {**_ADDED_FIELDS, **_flatten(saved)}, _flatten(config_dict)
   changed = sorted(k for k in old.keys() | new.keys()
                    if old.get(k) != new.get(k) and not k.startswith(_LAYOUT_FIELDS))
   if changed:
@@ -106,7 +110,16 @@ def _check_resumable(workdir: str, config_dict: dict) -> bool:
   return True
 
 
-def _run_info() -> dict:
+def _saved_split(workdir: str) -> int | None:
+  """The CPU device split a resumed run started with (None: JAX's own devices)."""
+  try:
+    with open(os.path.join(workdir, "run_info.json")) as f:
+      return json.load(f).get("cpu_devices")
+  except (OSError, ValueError):
+    return None
+
+
+def _run_info(cpu_devices: int | None) -> dict:
   import importlib.metadata as md  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   versions = {}
@@ -122,7 +135,15 @@ def _run_info() -> dict:
   except (OSError, subprocess.SubprocessError):
     revision = None
   return {"versions": versions, "git_revision": revision,
-          "devices": [str(d) for d in jax.devices()], "argv": sys.argv}
+          "devices": [str(d) for d in jax.devices()], "cpu_devices": cpu_devices,
+          "argv": sys.argv}
+
+
+def _devices_note(mesh) -> str:
+  """"3 cpu devices": where the runs train (every run on one device without a mesh)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  count = 1 if mesh is None else mesh.size
+  return f"{count} {jax.default_backend()} device{'s' if count > 1 else ''}"
 
 
 def _initialize_distributed(config) -> None:
@@ -166,39 +187,51 @@ def main(argv):
       _fail("--workdir: a multi-process job needs a workdir shared by every process")
     _initialize_distributed(config)
   import jax  # pylint: disable=g-import-not-at-top
-  primary = jax.process_index() == 0  # Only process 0 writes results and prints.
-  say = (lambda line: print(line, flush=True)) if primary else (lambda line: None)
-  from plastix import sharding  # pylint: disable=g-import-not-at-top
+  from plastix import from_config, sharding  # pylint: disable=g-import-not-at-top
   from plastix import grid as grid_lib  # pylint: disable=g-import-not-at-top
   points = grid_lib.points(config.grid)
-  mesh = sharding.seed_mesh() if config.shard_seeds else None
-  if mesh is not None:
-    try:
-      sharding.check_divisible(config.num_seeds * len(points), mesh)
-    except ValueError as e:
-      _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
-    try:
-      validation.check_parallel_runs(config.parallel_runs, config.num_seeds * len(points),
-                                     mesh.size)
-    except validation.ConfigError as e:
-      _fail(str(e))
-
+  num_runs = config.num_seeds * len(points)
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.name}-{stamp}")
   config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
   resuming = _check_resumable(workdir, config_dict)
+  # Before JAX's first operation: the CPU backend's device count is fixed then.
+  # A resumed run keeps the split it started with (the core count may differ).
+  examples = train_split.images[:config.num_examples or None]
+  split = from_config.cpu_devices(config, num_runs, examples.nbytes)
+  if resuming and not config.cpu_devices:
+    split = _saved_split(workdir)
+  if split is not None:
+    sharding.use_cpu_devices(split)
+  primary = jax.process_index() == 0  # Only process 0 writes results and prints.
+  say = (lambda line: print(line, flush=True)) if primary else (lambda line: None)
+  mesh = sharding.seed_mesh() if config.shard_seeds else None
+  if mesh is not None:
+    try:
+      sharding.check_divisible(num_runs, mesh)
+    except ValueError as e:
+      if config.cpu_devices and jax.default_backend() == "cpu":
+        _fail(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split evenly "
+              f"over {mesh.size} CPU devices; use a divisor of {num_runs}, or 0")
+      _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
+    try:
+      validation.check_parallel_runs(config.parallel_runs, num_runs, mesh.size)
+    except validation.ConfigError as e:
+      _fail(str(e))
+
   _prepare_workdir(workdir)
 
-  from plastix import from_config, plotting, runner  # pylint: disable=g-import-not-at-top
+  from plastix import plotting, runner  # pylint: disable=g-import-not-at-top
   if primary and not resuming:
     results.write_json(os.path.join(workdir, "config.json"), config_dict)
-    results.write_json(os.path.join(workdir, "run_info.json"), _run_info())
+    results.write_json(os.path.join(workdir, "run_info.json"), _run_info(split))
 
   data, num_classes = from_config.load_train_data(config, train_split)
   grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""
   say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
       f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
-      f"{config.num_seeds} seeds, interventions {', '.join(names)}{grid_note}")
+      f"{config.num_seeds} seeds on {_devices_note(mesh)}, interventions "
+      f"{', '.join(names)}{grid_note}")
   start = time.perf_counter()
   rows, by_condition = [], {}
   seeds = list(range(config.num_seeds))
@@ -208,7 +241,7 @@ def main(argv):
         checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
     # Each process writes its share; process 0 merges them (None elsewhere).
     metrics = runner.merge_over_processes(share, os.path.join(workdir, "shares", name),
-                                          config.num_seeds * len(points))
+                                          num_runs)
     if metrics is None:
       continue
     rows.extend(results.metrics_to_rows(name, metrics, seeds, points))

@@ -77,6 +77,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_fields(config)
   _validate_grid(config)
   _validate_parallel_runs(config)
+  _validate_cpu_devices(config)
   if "distributed" in config and config.distributed.enabled:
     _check(config, "shard_seeds", lambda v: v,
            "a multi-process job splits the runs over every process's devices; set it True")
@@ -209,6 +210,16 @@ def _validate_parallel_runs(config: ml_collections.ConfigDict) -> None:
          "must be an integer >= 0 (0 = every run side by side)")
   _check(config, "parallel_runs", lambda v: v == 0 or v >= runs or runs % v == 0,
          f"must divide the {runs} runs (num_seeds x grid points), or be 0")
+
+
+def _validate_cpu_devices(config: ml_collections.ConfigDict) -> None:
+  """0 (chosen for the runs and cores) or a device count; more than one device
+  only with the runs sharded over them."""
+  _check(config, "cpu_devices", lambda v: isinstance(v, int) and not isinstance(v, bool)
+         and v >= 0, "must be an integer >= 0 (0 = chosen for the runs and cores)")
+  _check(config, "cpu_devices", lambda v: v <= 1 or config.shard_seeds,
+         "more than one device trains nothing unless the runs are sharded over them; "
+         "set shard_seeds True, or cpu_devices 0 or 1")
 
 
 def check_parallel_runs(parallel_runs: int, num_runs: int, num_devices: int) -> None:

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import throughput
-from plastix import engine, from_config
+from plastix import engine, from_config, sharding
 from tests.conftest import tiny_config
 
 
@@ -73,15 +73,18 @@ def test_a_worker_that_fails_is_dropped_and_the_others_carry_on():
 
 def test_table_rows_put_each_paired_ratio_in_its_column():
   cell = lambda times: {"times": times, "compile_s": 1.0, "peak_rss_mib": 100.0}
-  cells = {"engine": cell([2.0, 2.0, 2.0]), "engine_noprobe": cell([1.9, 1.9, 1.9]),
+  cells = {"engine": dict(cell([2.0, 2.0, 2.0]), devices=2),
+           "engine_noprobe": cell([1.9, 1.9, 1.9]),
            "jax_loop": cell([3.0, 3.0, 3.0]), "torch": cell([4.0, 4.0, 4.0]),
-           "matmul_floor": cell([1.6, 1.6, 1.6]), "engine_bf16": {"error": "boom"}}
+           "matmul_floor": cell([1.6, 1.6, 1.6]), "engine_bf16": {"error": "boom"},
+           "engine_one_device": dict(cell([2.5, 2.4, 3.0]), devices=1)}
   lines = throughput.table_lines(32, 2, 300, cells, peak=1e12)
   columns = [c.strip() for c in throughput.HEADER.strip("|").split("|")]
   rows = {line.split("|")[4].strip(): dict(zip(columns, (c.strip() for c in
                                                          line.strip("|").split("|"))))
           for line in lines}
   engine_row = rows["engine"]
+  assert engine_row["devices"] == "2" and rows["torch"]["devices"] == ""
   assert engine_row["seed-steps/s"] == "300"  # 2 seeds x 300 steps in 2 s
   assert engine_row["vs torch"] == "2.00x (2.00-2.00)"
   assert engine_row["vs jax_loop"] == "1.50x (1.50-1.50)"
@@ -90,6 +93,11 @@ def test_table_rows_put_each_paired_ratio_in_its_column():
   assert rows["torch"]["vs torch"] == "1.00x" and rows["matmul_floor"]["of floor"] == "100%"
   assert "n/a (boom)" in rows["engine_bf16"]["seed-steps/s"]
   assert "5.3% of training time" in rows["probe cost"]["seed-steps/s"]  # 2.0 / 1.9 - 1
+  # One device's time over the split engine's, round by round: 1.25, 1.2, 1.5.
+  assert rows["CPU split"]["seed-steps/s"].startswith("1.25x (1.20-1.50) the speed of one")
+  assert rows["engine_one_device"]["devices"] == "1"
+  del cells["engine"]["devices"]  # an engine on one device: no split to report
+  assert not any("CPU split" in line for line in throughput.table_lines(32, 2, 300, cells, 1e12))
 
 
 def test_model_flops_count_every_layer_forward_and_backward():
@@ -125,11 +133,20 @@ def test_matmul_floor_has_the_engine_steps_products():
   assert len(_products(step.lower(state, jax.random.PRNGKey(1)))) == len(floor)
 
 
-def test_workers_time_every_mode_in_every_round_and_report_failures():
-  cells = throughput.paired_rounds(["matmul_floor", "engine_noprobe", "no_such_mode"], width=8,
-                                   num_seeds=2, steps=300, rounds=3, pause_s=0.0)
-  for mode in ("matmul_floor", "engine_noprobe"):
+def test_workers_time_every_mode_in_every_round_and_report_failures(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the workers count CPU devices
+  modes = ["matmul_floor", "engine_noprobe", "engine_one_device"]
+  cells = throughput.paired_rounds(modes + ["no_such_mode"], width=8, num_seeds=2, steps=300,
+                                   rounds=3, pause_s=0.0)
+  for mode in modes:
     assert len(cells[mode]["times"]) == 3 and all(t > 0 for t in cells[mode]["times"])
     assert cells[mode]["compile_s"] > 0 and cells[mode]["peak_rss_mib"] > 0
   assert cells["engine_noprobe"]["parallel_runs"] == 0
+  # The engine and its floor on the CPU devices the experiment runner would use
+  # for 2 runs here, the one-device mode on one.
+  split = sharding.forced_cpu_device_count() or sharding.cpu_device_count(
+      2, sharding.host_cores())
+  assert cells["engine_noprobe"]["devices"] == cells["matmul_floor"]["devices"] == split
+  assert cells["engine_noprobe"]["sharded"] == cells["matmul_floor"]["sharded"] == (split > 1)
+  assert cells["engine_one_device"]["devices"] == 1
   assert "unknown mode 'no_such_mode'" in cells["no_such_mode"]["error"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from plastix import results
+from plastix import results, sharding
 from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,9 @@ def _run(*args, workdir=None):
   cmd = [sys.executable, "-m", "experiments.synthetic", "--config=configs/shift.py", *args]
   if workdir is not None:
     cmd.append(f"--workdir={workdir}")
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  # On the CPU, whatever accelerator the machine has: the tests count CPU devices.
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 def test_smoke_run_writes_every_output(tmp_path):
@@ -35,7 +37,12 @@ def test_smoke_run_writes_every_output(tmp_path):
                "plasticity.png"):
     assert (workdir / name).stat().st_size > 0, name
   info = json.loads((workdir / "run_info.json").read_text())
-  assert info["versions"]["jax"] and "git_revision" in info and info["devices"]
+  assert info["versions"]["jax"] and "git_revision" in info
+  # config.cpu_devices = 0: the host split into devices for the 2 runs.
+  split = sharding.forced_cpu_device_count() or sharding.cpu_device_count(
+      2, sharding.host_cores())
+  assert len(info["devices"]) == split
+  assert f"2 seeds on {split} cpu device" in proc.stdout
   config = json.loads((workdir / "config.json").read_text())
   assert config["num_tasks"] == 4 and config["model"]["width"] == 16
   rows = results.read_csv(str(workdir / "metrics.csv"))
@@ -47,6 +54,25 @@ def test_smoke_run_writes_every_output(tmp_path):
   for key in results.SUMMARY_KEYS:
     assert key in summary["interventions"]["baseline"]
   assert (workdir / "plasticity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_cpu_device_gives_the_split_hosts_metrics(tmp_path):
+  args = [*TINY, "--config.num_tasks=2", "--config.interventions=layer_norm"]
+  split, single = tmp_path / "split", tmp_path / "single"
+  for workdir, devices in ((split, 2), (single, 1)):
+    proc = _run(*args, f"--config.cpu_devices={devices}", workdir=workdir)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert len(info["devices"]) == devices
+  rows = [results.read_csv(str(w / "metrics.csv")) for w in (split, single)]
+  assert len(rows[0]) == len(rows[1]) == 2 * 2
+  for a, b in zip(*rows):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+      if isinstance(value, float):
+        assert value == pytest.approx(b[key], rel=2e-5, abs=1e-6, nan_ok=True), key
+      else:
+        assert value == b[key], key
 
 
 def test_grid_run_writes_a_condition_per_point(tmp_path):
@@ -85,6 +111,9 @@ def test_grid_run_writes_a_condition_per_point(tmp_path):
     (["--config.grid=model.width=8,16"], "config.grid"),
     (["--config.grid=optimizer.learning_rate=1e-3,-1"], "config.grid"),
     (["--config.parallel_runs=2"], "config.parallel_runs"),  # 3 seeds: must divide 3
+    (["--config.cpu_devices=-1"], "config.cpu_devices"),
+    (["--config.cpu_devices=2"], "config.cpu_devices"),  # 3 seeds do not split over 2
+    (["--config.cpu_devices=3", "--config.shard_seeds=False"], "config.cpu_devices"),
     (["--config.distributed.enabled=True", "--config.shard_seeds=False"], "config.shard_seeds"),
     (["--config.no_such_field=1"], "no_such_field"),
 ])

@@ -1,10 +1,15 @@
 """Long runs survive: a SIGKILLed run resumes to the very same results."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
+
+from plastix import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/shift.py", "--config.num_examples=200", "--config.num_tasks=6",
@@ -67,3 +72,34 @@ def test_job_layout_fields_do_not_block_a_resume(tmp_path):
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   assert "[layer_norm] resumed from checkpoint after task 6/6" in proc.stdout
+
+
+@pytest.mark.skipif(sharding.host_cores() < 2, reason="needs 2 cores to split differently")
+def test_a_resumed_run_keeps_the_cpu_split_it_started_with(tmp_path):
+  workdir = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # Started on one core: config.cpu_devices = 0 makes one device for the 2 runs.
+  proc = subprocess.run(["taskset", "-c", "0", *_cmd(workdir)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert "2 seeds on 1 cpu device," in proc.stdout
+  info_path = workdir / "run_info.json"
+  assert json.loads(info_path.read_text())["cpu_devices"] == 1
+  # Resumed with every core (where 0 would now make 2 devices): still one.
+  proc = subprocess.run(_cmd(workdir), cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert "2 seeds on 1 cpu device," in proc.stdout
+  assert "[layer_norm] resumed from checkpoint after task 6/6" in proc.stdout
+  # A workdir from before config.cpu_devices existed resumes on JAX's own devices.
+  for name in ("config.json", "run_info.json"):
+    saved = json.loads((workdir / name).read_text())
+    del saved["cpu_devices"]
+    (workdir / name).write_text(json.dumps(saved))
+  proc = subprocess.run(_cmd(workdir), cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert "2 seeds on 1 cpu device," in proc.stdout
+  fresh = subprocess.run(_cmd(tmp_path / "fresh") + ["--config.num_tasks=1"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+  assert "2 seeds on 2 cpu devices," in fresh.stdout, fresh.stderr  # what 0 makes now

@@ -5,7 +5,11 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import xla_flags
+import jax
+import pytest
+
+from plastix import from_config, sharding
+from tests.conftest import tiny_config, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,3 +84,94 @@ def test_sharded_seeds_match_one_device():
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "ok" in proc.stdout
 
+
+@pytest.mark.parametrize("runs, cores, parallel_runs, max_devices, expected", [
+    (1, 2, 0, None, 1),    # one run: one device
+    (2, 2, 0, None, 2),    # a run per core
+    (3, 2, 0, None, 3),    # 3 runs on 2 cores: 3 devices beat 1 (every core busy)
+    (8, 2, 0, None, 2),    # the smallest divisor that fills the cores
+    (8, 4, 0, None, 4),
+    (3, 4, 0, None, 3),    # fewer runs than cores: a device per run
+    (9, 2, 0, None, 3),
+    (97, 2, 0, None, 1),   # a prime far above 4 devices per core: no split
+    (7, 2, 0, None, 7),    # ... but within 4 per core
+    (8, 4, 2, None, 2),    # rows of 2 runs must split over the devices too
+    (8, 2, 8, None, 2),    # parallel_runs >= runs: every run side by side
+    (8, 2, 0, 1, 1),       # the data's copies allow one device
+    (12, 4, 0, 3, 3),
+])
+def test_cpu_device_count(runs, cores, parallel_runs, max_devices, expected):
+  assert sharding.cpu_device_count(runs, cores, parallel_runs, max_devices) == expected
+
+
+def test_cpu_device_count_refuses_no_runs():
+  with pytest.raises(ValueError, match="at least one run"):
+    sharding.cpu_device_count(0, 2)
+  with pytest.raises(ValueError, match="at least 1"):
+    sharding.use_cpu_devices(0)
+
+
+@pytest.mark.skipif(jax.config.jax_num_cpu_devices >= 0, reason="JAX_NUM_CPU_DEVICES is set")
+def test_forced_cpu_device_count_reads_xla_flags(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  assert sharding.forced_cpu_device_count() is None
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --foo=1")
+  assert sharding.forced_cpu_device_count() == 4
+
+
+def test_config_cpu_devices(monkeypatch):
+  monkeypatch.setattr(sharding, "host_cores", lambda: 2)
+  monkeypatch.setattr(sharding, "forced_cpu_device_count", lambda: None)
+  config = tiny_config()
+  config.cpu_devices = 0
+  assert from_config.cpu_devices(config, 3) == 3
+  assert from_config.cpu_devices(config, 8) == 2
+  # Each device holds a copy of the data: no more copies than fit the budget.
+  assert from_config.cpu_devices(config, 8, data_bytes=from_config.DATA_COPIES_BYTES) == 1
+  config.parallel_runs = 1  # rows of one run, which no two devices can split
+  assert from_config.cpu_devices(config, 8) == 1
+  config.parallel_runs = 0
+  config.cpu_devices = 5  # as given
+  assert from_config.cpu_devices(config, 8) == 5
+  config.cpu_devices = 0
+  config.shard_seeds = False  # runs not sharded: JAX's own choice
+  assert from_config.cpu_devices(config, 8) is None
+  config.shard_seeds, config.distributed.enabled = True, True
+  assert from_config.cpu_devices(config, 8) is None
+  config.distributed.enabled = False
+  config.model.name = "cnn"  # measured slower split: one device
+  assert from_config.cpu_devices(config, 8) is None
+  config.model.name = "mlp"
+  monkeypatch.setattr(sharding, "forced_cpu_device_count", lambda: 4)  # XLA_FLAGS says 4
+  assert from_config.cpu_devices(config, 8) is None
+
+
+SPLIT_SCRIPT = textwrap.dedent("""
+    import jax
+    from plastix import sharding
+    sharding.use_cpu_devices(3)
+    assert jax.device_count() == 3 and jax.default_backend() == "cpu", jax.devices()
+    try:
+      sharding.use_cpu_devices(2)
+      raise SystemExit("the device count changed after JAX started")
+    except RuntimeError as e:
+      assert "before backends are initialized" in str(e), e
+    print("ok")
+""")
+
+FORCED_SCRIPT = "from plastix import sharding; print(sharding.forced_cpu_device_count())"
+
+
+def test_use_cpu_devices_splits_the_host_before_jax_starts():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "ok" in proc.stdout
+  # JAX's own setting wins over XLA_FLAGS, as JAX makes the CPU client.
+  env.update(JAX_NUM_CPU_DEVICES="5",
+             XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=3"))
+  proc = subprocess.run([sys.executable, "-c", FORCED_SCRIPT], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == "5"
