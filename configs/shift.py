@@ -58,8 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.tasks_per_chunk = 5     # Progress and checkpoints after every chunk of tasks.
   config.shard_seeds = True      # Split the seeds over every device (a no-op on one).
   # Runs (seeds x grid points) trained side by side at a time; the others run in
-  # sequence inside the same program (0 = all side by side). On a CPU, a
-  # matmul-bound model is faster with few side by side (see README, "Speed").
+  # sequence inside the same program (0 = all side by side; see README,
+  # "Options", for what it measured on a CPU).
   config.parallel_runs = 0
   # JAX devices to split a CPU-only host into, the runs sharded over them (a
   # program per device beats XLA's threads inside one program on a CPU; see

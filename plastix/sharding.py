@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 SEED_AXIS = "seeds"
 # `cpu_device_count` makes at most this many devices per core before falling
 # back to fewer devices than cores (measured on 2 cores: 4 devices per core ran
-# about 11% slower than 1, yet faster than one device for the whole host).
+# about 11% slower than one per core, yet faster than one for the whole host).
 MAX_DEVICES_PER_CORE = 4
 _FORCED_DEVICES = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
 
@@ -51,13 +51,13 @@ def cpu_device_count(num_runs: int, cores: int, parallel_runs: int = 0,
 
   A program per device, each training ``num_runs / n`` of the runs, runs
   faster than one program whose every small matrix product and elementwise
-  operation XLA splits over the cores (the devices share XLA's thread pool, so
-  each device's programs run side by side). Measured with the default
+  operation XLA splits over the cores (the devices' programs run concurrently
+  on XLA's CPU threads). Measured with the default
   workload's MLPs on a 2-core CPU, against one device: 8 seeds on 2 devices
   1.25x faster at width 256 and 1.47x at width 32, on 4 and 8 devices 1.16x
   and 1.11x (width 256); 3 seeds on 3 devices 1.25x (see README, "Speed and
   scale"). Not for every model: a small CNN, 3 seeds on 3 devices, ran 2.3x
-  slower than on one device (`plastix.from_config.cpu_devices` splits only an
+  slower than on one device in one A/B (`plastix.from_config.cpu_devices` splits only an
   MLP's host); other core counts are not measured.
 
   The count is the smallest divisor n of the runs with ``cores <= n <=
