@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   # "Options", for what it measured on a CPU).
   config.parallel_runs = 0
   # JAX devices to split a CPU-only host into, the runs sharded over them (a
-  # program per device beats XLA's threads inside one program on a CPU; see
+  # program per device beat XLA's threads inside one program for an MLP; see
   # README, "Speed"). 0: for an MLP, as many as `plastix.sharding.cpu_device_count`
   # chooses for the runs and cores (the float rounding can then differ between
   # machines with different core counts), one for other models (a CNN measured
