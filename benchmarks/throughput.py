@@ -150,9 +150,14 @@ def _images():
   return ds.images[:EXAMPLES].reshape(EXAMPLES, -1).astype(np.float32) / 255.0
 
 
-def split_devices(width: int, num_seeds: int, one_device: bool = False) -> None:
+def split_devices(width: int, num_seeds: int, one_device: bool = False):
   """Splits a CPU host into devices for `num_seeds` runs as the experiment runner
-  does (``config.cpu_devices = 0``), or into one device; before any JAX operation."""
+  does (``config.cpu_devices = 0``), or into one device; before any JAX operation.
+
+  Returns the seed mesh over every device where their count divides the seeds
+  (as the runner would shard them), else None (every seed on one device).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   from plastix import from_config, sharding  # pylint: disable=g-import-not-at-top
   config = _config(width, num_seeds, 1)
   config.cpu_devices = 1 if one_device else 0
@@ -160,6 +165,8 @@ def split_devices(width: int, num_seeds: int, one_device: bool = False) -> None:
   count = from_config.cpu_devices(config, num_seeds, examples.nbytes)
   if count is not None:
     sharding.use_cpu_devices(count)
+  devices = jax.device_count()
+  return sharding.seed_mesh() if devices > 1 and num_seeds % devices == 0 else None
 
 
 def prepare_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
@@ -172,15 +179,14 @@ def prepare_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
   seeds; `rows` then sets ``parallel_runs`` to a multiple of the device count,
   as the runner requires.
   """
-  split_devices(width, num_seeds, one_device)
+  mesh = split_devices(width, num_seeds, one_device)
   import jax  # pylint: disable=g-import-not-at-top
   from plastix import engine, from_config, sharding  # pylint: disable=g-import-not-at-top
   if one_device and jax.default_backend() != "cpu":
     raise ValueError(f"one device is a CPU mode; the default backend is "
                      f"{jax.default_backend()}")
   num_tasks = steps // STEPS_PER_TASK
-  devices = jax.device_count()
-  sharded = devices > 1 and num_seeds % devices == 0
+  devices, sharded = jax.device_count(), mesh is not None
   config = _config(width, num_seeds, num_tasks)
   config.probes.enabled = probes
   config.parallel_runs = _rows(num_seeds, devices if sharded else 1) if rows else 0
@@ -191,7 +197,6 @@ def prepare_engine(width: int, num_seeds: int, steps: int, probes: bool = True,
   keys = from_config.seed_keys(config)
   info = {"devices": devices, "sharded": sharded, "parallel_runs": config.parallel_runs}
   if sharded:
-    mesh = sharding.seed_mesh()
     keys, data = sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh)
   init = lambda: engine.init_states(keys, data, hp, spec=spec)
   states = jax.block_until_ready(init())  # outside the timer: init_states compiles too
@@ -329,13 +334,9 @@ def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):
 def prepare_matmul_floor(width: int, num_seeds: int, steps: int) -> Prepared:
   """`matmul_floor_program`, compiled, on the devices `engine` would use; each run
   trains every seed's kernels once."""
-  split_devices(width, num_seeds)
+  mesh = split_devices(width, num_seeds)
   import jax  # pylint: disable=g-import-not-at-top
-  from plastix import sharding  # pylint: disable=g-import-not-at-top
-  devices = jax.device_count()
-  sharded = devices > 1 and num_seeds % devices == 0
-  program, args = matmul_floor_program(width, num_seeds, steps,
-                                       sharding.seed_mesh() if sharded else None)
+  program, args = matmul_floor_program(width, num_seeds, steps, mesh)
   start = time.perf_counter()
   compiled = program.lower(*args).compile()
   compile_s = time.perf_counter() - start
@@ -345,7 +346,7 @@ def prepare_matmul_floor(width: int, num_seeds: int, steps: int) -> Prepared:
     jax.block_until_ready(compiled(*args))
     return time.perf_counter() - start
 
-  return Prepared(compile_s, run, {"devices": devices, "sharded": sharded})
+  return Prepared(compile_s, run, {"devices": jax.device_count(), "sharded": mesh is not None})
 
 
 def _rows(num_seeds: int, devices: int = 1) -> int:
@@ -559,8 +560,8 @@ def _worker_env() -> dict:
 
 def _one_shot(mode: str, width: int = 0, num_seeds: int = 1) -> dict:
   """A helper measurement (matmul peak, task scaling) in a process of its own."""
-  proc = subprocess.run(_command(mode, width, num_seeds), capture_output=True, text=True, timeout=3600, env=_worker_env(),
-                        cwd=_ROOT)
+  proc = subprocess.run(_command(mode, width, num_seeds), capture_output=True, text=True,
+                        timeout=3600, env=_worker_env(), cwd=_ROOT)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(PROTOCOL)]
   if proc.returncode or not lines:
     raise WorkerError((proc.stderr.strip().splitlines() or ["failed"])[-1])

@@ -22,8 +22,9 @@ def _cmd(workdir):
   return [sys.executable, "-m", "experiments.synthetic", *ARGS, f"--workdir={workdir}"]
 
 
-def _run(workdir):
-  proc = subprocess.run(_cmd(workdir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _run(workdir, *extra, prefix=(), env=None):
+  proc = subprocess.run([*prefix, *_cmd(workdir), *extra], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr
   return proc
 
@@ -79,16 +80,11 @@ def test_a_resumed_run_keeps_the_cpu_split_it_started_with(tmp_path):
   workdir = tmp_path / "w"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   # Started on one core: config.cpu_devices = 0 makes one device for the 2 runs.
-  proc = subprocess.run(["taskset", "-c", "0", *_cmd(workdir)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr
+  proc = _run(workdir, prefix=["taskset", "-c", "0"], env=env)
   assert "2 seeds on 1 cpu device," in proc.stdout
-  info_path = workdir / "run_info.json"
-  assert json.loads(info_path.read_text())["cpu_devices"] == 1
+  assert json.loads((workdir / "run_info.json").read_text())["cpu_devices"] == 1
   # Resumed with every core (where 0 would now make 2 devices): still one.
-  proc = subprocess.run(_cmd(workdir), cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr
+  proc = _run(workdir, env=env)
   assert "2 seeds on 1 cpu device," in proc.stdout
   assert "[layer_norm] resumed from checkpoint after task 6/6" in proc.stdout
   # A workdir from before config.cpu_devices existed resumes on JAX's own devices.
@@ -96,10 +92,6 @@ def test_a_resumed_run_keeps_the_cpu_split_it_started_with(tmp_path):
     saved = json.loads((workdir / name).read_text())
     del saved["cpu_devices"]
     (workdir / name).write_text(json.dumps(saved))
-  proc = subprocess.run(_cmd(workdir), cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr
-  assert "2 seeds on 1 cpu device," in proc.stdout
-  fresh = subprocess.run(_cmd(tmp_path / "fresh") + ["--config.num_tasks=1"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
-  assert "2 seeds on 2 cpu devices," in fresh.stdout, fresh.stderr  # what 0 makes now
+  assert "2 seeds on 1 cpu device," in _run(workdir, env=env).stdout
+  fresh = _run(tmp_path / "fresh", "--config.num_tasks=1", env=env)
+  assert "2 seeds on 2 cpu devices," in fresh.stdout  # what 0 makes now
