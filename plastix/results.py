@@ -26,6 +26,7 @@ BASE_COLUMNS = (
 SUMMARY_KEYS = ("first_task_accuracy", "final_task_accuracy", "plasticity_loss",
                 "dead_fraction_final", "param_norm_final")
 LAST_TASKS = 3  # plasticity_loss compares task 0 with the mean of this many last tasks.
+STD_SUFFIX = "_std"  # summary.json's spread over seeds of a SUMMARY_KEYS entry.
 
 
 def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
@@ -229,6 +230,11 @@ def _mean(values: np.ndarray) -> float | None:
   return mean if mean is not None and math.isfinite(mean) else None
 
 
+def _std(values: np.ndarray) -> float | None:
+  """Standard deviation over seeds (ddof 0), or None where `_mean` is None."""
+  return _mean(np.atleast_1d(values.std())) if values.size else None
+
+
 def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   """summary.json's content: per condition (an intervention, or with a grid
   ``"<intervention> [<grid point>]"``), means over seeds of
@@ -241,10 +247,12 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   * first_task_loss, final_task_loss: train_loss on task 0 and the last task
     (the measure for regression, whose accuracy is undefined: null);
 
-  plus ``num_seeds``, the standard deviation over seeds of plasticity_loss and
-  the seeds that diverged (``num_diverged``, and ``diverged``: seed, task,
-  step each). Means exclude diverged seeds (``means_exclude_diverged``); they
-  are null when every seed diverged.
+  each of the first five with its spread over seeds ``<key>_std``, the
+  standard deviation ``sqrt(mean_s (v_s - mean v)^2)`` (ddof 0: how far these
+  seeds lie apart, not a standard error), plus ``num_seeds`` and the seeds that
+  diverged (``num_diverged``, and ``diverged``: seed, task, step each). Means
+  and spreads exclude diverged seeds (``means_exclude_diverged``); they are
+  null when every seed diverged.
   """
   out = {}
   for name in interventions:
@@ -256,15 +264,19 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
     acc = curve("train_accuracy")
     last = acc[:, -min(LAST_TASKS, acc.shape[1]):].mean(axis=1)
     loss = acc[:, 0] - last
+    per_seed = {
+        "first_task_accuracy": acc[:, 0],
+        "final_task_accuracy": acc[:, -1],
+        "plasticity_loss": loss,
+        "dead_fraction_final": curve("dead_fraction")[:, -1],
+        "param_norm_final": curve("param_norm")[:, -1],
+    }
+    assert tuple(per_seed) == SUMMARY_KEYS
     out[name] = {
-        "first_task_accuracy": _mean(acc[:, 0]),
-        "final_task_accuracy": _mean(acc[:, -1]),
-        "plasticity_loss": _mean(loss),
-        "dead_fraction_final": _mean(curve("dead_fraction")[:, -1]),
-        "param_norm_final": _mean(curve("param_norm")[:, -1]),
+        **{key: _mean(values) for key, values in per_seed.items()},
         "first_task_loss": _mean(curve("train_loss")[:, 0]),
         "final_task_loss": _mean(curve("train_loss")[:, -1]),
-        "plasticity_loss_std": _mean(np.atleast_1d(loss.std())) if loss.size else None,
+        **{key + STD_SUFFIX: _std(values) for key, values in per_seed.items()},
         "num_seeds": len(seeds),
         "num_tasks": int(acc.shape[1]),
         "num_diverged": int((~ok).sum()),
@@ -276,16 +288,31 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
 
 
 def format_table(summary: dict) -> str:
-  """A fixed-width table of summary.json for the terminal."""
+  """A fixed-width table of summary.json for the terminal: each value as its
+  mean over seeds ``±`` its standard deviation over them (the mean alone where
+  fewer than two seeds are averaged)."""
   header = ("intervention", "first_acc", "final_acc", "plast_loss", "dead_final",
             "norm_final", "diverged")
   width = max([28] + [len(name) + 2 for name in summary["interventions"]])
-  lines = [f"{header[0]:<{width}}" + "".join(f"{h:>12}" for h in header[1:])]
+  lines = [f"{header[0]:<{width}}" + "".join(f"{h:>14}" for h in header[1:])]
   for name, s in summary["interventions"].items():
-    vals = [s[k] for k in SUMMARY_KEYS]
-    lines.append(f"{name:<{width}}" + "".join(
-        f"{v:>12.3f}" if v is not None and math.isfinite(v) else f"{'n/a':>12}"
-        for v in vals) + f"{s['num_diverged']:>9d}/{s['num_seeds']}")
+    cells = [_cell(s[key], s.get(key + STD_SUFFIX) if _has_spread(s) else None)
+             for key in SUMMARY_KEYS]
+    lines.append(f"{name:<{width}}" + "".join(f"{c:>14}" for c in cells)
+                 + f"{s['num_diverged']:>11d}/{s['num_seeds']}")
+  if any(_has_spread(s) for s in summary["interventions"].values()):
+    lines.append("mean ± standard deviation over seeds")
   if any(s["num_diverged"] for s in summary["interventions"].values()):
     lines.append("means exclude diverged seeds")
   return "\n".join(lines)
+
+
+def _has_spread(s: dict) -> bool:
+  """Whether a condition's means average two or more seeds."""
+  return s["num_seeds"] - s["num_diverged"] >= 2
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+  if mean is None or not math.isfinite(mean):
+    return "n/a"
+  return f"{mean:.3f}" if std is None else f"{mean:.3f}±{std:.3f}"

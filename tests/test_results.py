@@ -31,6 +31,36 @@ def test_summary_by_hand():
   assert s["dead_fraction_final"] == pytest.approx(0.4)
   assert s["param_norm_final"] == pytest.approx(10.5)
   assert s["num_seeds"] == 2 and s["num_tasks"] == 5
+  # Spreads over the two seeds, ddof 0: half the distance between them.
+  assert s["first_task_accuracy_std"] == pytest.approx(0.1)  # 0.9, 0.7
+  assert s["final_task_accuracy_std"] == pytest.approx(0.05)  # 0.5, 0.4
+  assert s["dead_fraction_final_std"] == pytest.approx(0.0)
+  assert s["param_norm_final_std"] == pytest.approx(0.5)  # 10, 11
+  for key in results.SUMMARY_KEYS:
+    values = np.array([r[key] for r in _per_seed_summaries()])
+    assert s[key + results.STD_SUFFIX] == pytest.approx(values.std())
+
+
+def _per_seed_summaries():
+  """Each seed summarised alone: the per-seed values the spreads are taken over."""
+  rows = _rows()
+  out = []
+  for seed in (0, 1):
+    alone = [r for r in rows if r["seed"] == seed]
+    out.append(results.summarize(alone, ["baseline"])["interventions"]["baseline"])
+  return out
+
+
+def test_table_shows_mean_and_spread():
+  s = results.summarize(_rows(), ["baseline"])
+  lines = results.format_table(s).splitlines()
+  assert lines[1].split() == ["baseline", "0.800±0.100", "0.450±0.050", "0.250±0.050",
+                              "0.400±0.000", "10.500±0.500", "0/2"]
+  assert lines[-1] == "mean ± standard deviation over seeds"
+  one_seed = results.summarize([r for r in _rows() if r["seed"] == 0], ["baseline"])
+  lines = results.format_table(one_seed).splitlines()
+  assert lines[1].split() == ["baseline", "0.900", "0.500", "0.300", "0.400", "10.000", "0/1"]
+  assert len(lines) == 2  # no spread to explain
 
 
 def test_csv_round_trip_and_atomic_json(tmp_path):
@@ -81,6 +111,8 @@ def test_diverged_seeds_are_counted_and_excluded_from_means():
   s = results.summarize(rows, ["baseline"])["interventions"]["baseline"]
   assert s["num_diverged"] == 1 and s["diverged"] == [{"seed": 1, "task": 2, "step": 17}]
   assert s["plasticity_loss"] == pytest.approx(0.3)  # seed 0 alone
+  assert s["plasticity_loss_std"] == 0.0
+  assert "±" not in results.format_table({"interventions": {"baseline": s}})  # one seed left
   assert s["first_task_accuracy"] == pytest.approx(0.9)
   for r in rows:
     r["diverged_task"] = 0
