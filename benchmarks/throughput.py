@@ -27,8 +27,8 @@ a second or more). Modes:
   sampling), seeds one after another, on `--torch_device`; needs
   ``pip install torch==2.13.0`` (the CPU build).
 * ``matmul_floor``: only the step's eight matrix products (three forward, five
-  backward, as JAX differentiates the same layers without their ReLUs) and an
-  SGD update, seeds vmapped and sharded over the same devices as ``engine``'s:
+  backward, as the engine differentiates the same layers without their
+  ReLUs) and an SGD update, seeds vmapped and sharded over the same devices as ``engine``'s:
   what XLA's float32 matmul kernels alone take for the workload, a practical
   bound on a JAX program of this model on this machine (its inputs are fixed,
   so it skips the gather of a minibatch; with bfloat16 layers, `engine_bf16`
@@ -300,8 +300,9 @@ def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):
   """``(program, (kernels, inputs))``: the step's matrix products alone, for `steps` steps.
 
   A bias-free linear MLP of the workload's shapes with loss ``|f(x)|^2 / 2``,
-  differentiated by JAX (three forward and five backward products; no input
-  gradient) and updated by SGD, each seed on its own inputs (as each seed of
+  differentiated as the engine differentiates its dense layers
+  (`plastix.matmul.kernel_layout_matmul`: three forward and five backward
+  products; no input gradient) and updated by SGD, each seed on its own inputs (as each seed of
   the engine draws its own minibatches), seeds vmapped, steps in a
   `lax.scan`: what XLA's matmul kernels alone take for the workload. With a
   `mesh` (`plastix.sharding.seed_mesh`), the seeds are sharded over it.
@@ -313,13 +314,14 @@ def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):
   kernels = [jax.random.normal(k, (num_seeds, a, b)) / a ** 0.5
              for k, a, b in zip(keys, dims, dims[1:])]
   inputs = jax.random.uniform(keys[-1], (num_seeds, BATCH, INPUT_DIM))
+  from plastix import matmul  # pylint: disable=g-import-not-at-top
   if mesh is not None:
     from plastix import sharding  # pylint: disable=g-import-not-at-top
     kernels, inputs = sharding.shard_seeds((kernels, inputs), mesh)
 
   def loss(ws, x):
     for w in ws:
-      x = x @ w
+      x = matmul.kernel_layout_matmul(x, w)
     return 0.5 * jnp.sum(jnp.square(x))  # nonlinear in the outputs: the head's product runs
 
   def one_seed(ws, x):
@@ -374,6 +376,19 @@ def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
   if mode == "matmul_floor":
     return prepare_matmul_floor(width, num_seeds, steps)
   raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+  try:
+    with open(cpuinfo, encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+          return value.strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
@@ -632,9 +647,11 @@ def main(argv):
   del argv
   if _MODE.value == "matmul":
     import jax  # pylint: disable=g-import-not-at-top
+    from plastix import sharding  # pylint: disable=g-import-not-at-top
     devices = jax.devices()
     _say({"flops": matmul_peak_flops(), "backend": jax.default_backend(), "jax": jax.__version__,
-          "devices": len(devices), "device_kind": devices[0].device_kind})
+          "devices": len(devices), "device_kind": devices[0].device_kind,
+          "cpu": cpu_model(), "cores": sharding.host_cores()})
     return
   if _MODE.value == "scaling":
     _say(task_scaling(_WIDTH.value, _NSEEDS.value))
@@ -680,7 +697,7 @@ def main(argv):
 
   torch_info = next((c for _, _, _, cells in rows for m, c in cells.items()
                      if m == "torch" and "torch" in c), {})
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+  print(f"machine: {platform.machine()}, {machine['cpu']}, {machine['cores']} cores; "
         f"JAX {machine['jax']} on {machine['devices']} x {machine['device_kind']}"
         + (f"; torch {torch_info['torch']} on {torch_info['torch_device']} "
            f"({torch_info['torch_threads']} threads, float32 matmul precision "

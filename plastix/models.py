@@ -39,11 +39,15 @@ each seed normalises with, and updates, its own statistics.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from plastix import matmul
 
 NORMS = ("none", "layer", "batch", "rms", "hybrid")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "crelu")
@@ -222,6 +226,8 @@ class MLP(nn.Module):
     activation: one of `ACTIVATIONS` (see `activate`).
     dtype: "float32" or "bfloat16": the dtype of the layers' computation. The
       parameters stay float32 and the logits are returned as float32.
+    dense_dot_general: the dense layers' ``dot_general`` (None:
+      `lax.dot_general`); `training_model` sets it.
   """
 
   hidden_sizes: Sequence[int]
@@ -229,14 +235,16 @@ class MLP(nn.Module):
   norm: str = "none"
   dtype: str = "float32"
   activation: str = "relu"
+  dense_dot_general: Callable | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dtype = _check_options(self)
+    dense = functools.partial(nn.Dense, dtype=dtype, dot_general=self.dense_dot_general)
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden_sizes):
-      x = _hidden(self, nn.Dense(width, dtype=dtype, name=f"dense_{i}")(x), i, train, dtype)
-    return nn.Dense(self.num_outputs, dtype=dtype, name="head")(x).astype(jnp.float32)
+      x = _hidden(self, dense(width, name=f"dense_{i}")(x), i, train, dtype)
+    return dense(self.num_outputs, name="head")(x).astype(jnp.float32)
 
 
 class CNN(nn.Module):
@@ -256,7 +264,8 @@ class CNN(nn.Module):
     hidden_sizes: width of each dense layer after the conv stack (may be empty).
     kernel_size: spatial size of every conv kernel.
     stride: stride of every conv layer.
-    norm, activation, dtype: as in `MLP`.
+    norm, activation, dtype, dense_dot_general: as in `MLP` (the last for the
+      dense layers and the head).
     input_shape: ``(H, W, C)``: if set, inputs ``[B, ...]`` are reshaped to
       ``[B, H, W, C]`` first (for flattened images).
   """
@@ -270,10 +279,12 @@ class CNN(nn.Module):
   activation: str = "relu"
   dtype: str = "float32"
   input_shape: Sequence[int] | None = None
+  dense_dot_general: Callable | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dtype = _check_options(self)
+    dense = functools.partial(nn.Dense, dtype=dtype, dot_general=self.dense_dot_general)
     x = _images(x, self.input_shape, "CNN")
     k = self.kernel_size
     for i, c in enumerate(self.channels):
@@ -282,8 +293,8 @@ class CNN(nn.Module):
       x = _hidden(self, h, i, train, dtype)
     x = x.reshape((x.shape[0], -1))
     for j, width in enumerate(self.hidden_sizes, start=len(self.channels)):
-      x = _hidden(self, nn.Dense(width, dtype=dtype, name=f"dense_{j}")(x), j, train, dtype)
-    return nn.Dense(self.num_outputs, dtype=dtype, name="head")(x).astype(jnp.float32)
+      x = _hidden(self, dense(width, name=f"dense_{j}")(x), j, train, dtype)
+    return dense(self.num_outputs, name="head")(x).astype(jnp.float32)
 
 
 class BasicBlock(nn.Module):
@@ -491,6 +502,17 @@ class ViT(nn.Module):
 
 # ----------------------------------------------------------------------------
 # Model-agnostic helpers.
+
+
+def training_model(model: nn.Module) -> nn.Module:
+  """`model` with its dense layers' kernel gradients formed in the kernels'
+  layout (`plastix.matmul.dense_dot_general`), for the training step's
+  gradient: the same function and parameters, faster to differentiate under
+  `jax.vmap` on a CPU, but reverse-mode only. Models without the option
+  (`ResNet`, `ViT`) are returned unchanged."""
+  if "dense_dot_general" not in {f.name for f in dataclasses.fields(model)}:
+    return model
+  return model.clone(dense_dot_general=matmul.dense_dot_general)
 
 
 def init_variables(model: nn.Module, key: jax.Array, example_x: jax.Array):

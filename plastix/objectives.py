@@ -36,10 +36,11 @@ def sample_indices(spec: EngineSpec, key, task: shifts.Task, data: TrainData, ba
   return jax.random.randint(key, (batch_size,), 0, data.images.shape[0])
 
 
-def apply_model(spec: EngineSpec, params, model_state, x, train: bool):
-  """``(outputs, new model_state)`` of the spec's model on float32 inputs `x`."""
-  return models.apply_model(spec.model, params, model_state,
-                            x.astype(jnp.float32), train=train)
+def apply_model(spec: EngineSpec, params, model_state, x, train: bool, model=None):
+  """``(outputs, new model_state)`` of the spec's model (or `model`, a variant
+  of it with the same parameters) on float32 inputs `x`."""
+  model = spec.model if model is None else model
+  return models.apply_model(model, params, model_state, x.astype(jnp.float32), train=train)
 
 
 def regularized_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
@@ -77,8 +78,13 @@ def task_loss(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
     ``(Q(x, a) - r - gamma * max_a' Q_target(x', a'))^2`` with ``x'`` a fresh
     context drawn like x and ``Q_target`` the target network; accuracy is that
     of the greedy action.
+
+  The network is `models.training_model` of the spec's: the same function,
+  whose gradient XLA computes faster (reverse mode only; the probes
+  differentiate the spec's model in both modes).
   """
-  outputs, model_state = apply_model(spec, params, state.model_state, x, train=True)
+  outputs, model_state = apply_model(spec, params, state.model_state, x, train=True,
+                                     model=models.training_model(spec.model))
   if spec.objective == "regression":
     return regression_loss(spec, outputs, y), (jnp.float32(jnp.nan), model_state)
   accuracy = jnp.mean(jnp.argmax(outputs, -1) == y)

@@ -1,5 +1,7 @@
 """The throughput benchmark's method: paired ratios, worker rounds, the matmul floor."""
 
+import platform
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -150,3 +152,14 @@ def test_workers_time_every_mode_in_every_round_and_report_failures(monkeypatch)
   assert cells["engine_noprobe"]["sharded"] == cells["matmul_floor"]["sharded"] == (split > 1)
   assert cells["engine_one_device"]["devices"] == 1
   assert "unknown mode 'no_such_mode'" in cells["no_such_mode"]["error"]
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                  "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f\n")
+  assert throughput.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
+  fallback = platform.processor() or platform.machine()
+  assert throughput.cpu_model(str(tmp_path / "missing")) == fallback
+  (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name line
+  assert throughput.cpu_model(str(tmp_path / "arm")) == fallback
