@@ -28,12 +28,12 @@ a second or more). Modes:
   ``pip install torch==2.13.0`` (the CPU build).
 * ``matmul_floor``: only the step's eight matrix products (three forward, five
   backward, as the engine differentiates the same layers without their
-  ReLUs) and an SGD update, seeds vmapped and sharded over the same devices as ``engine``'s:
-  what XLA's float32 matmul kernels alone take for the workload, a practical
-  bound on a JAX program of this model on this machine (its inputs are fixed,
-  so it skips the gather of a minibatch; with bfloat16 layers, `engine_bf16`
-  can beat it). The "of floor" column is a mode's speed as a share of the
-  floor's.
+  ReLUs) and an SGD update, seeds vmapped and sharded over the same devices
+  as ``engine``'s: what XLA's float32 matmul kernels alone take for the
+  workload, a practical bound on a JAX program of this model on this machine
+  (its inputs are fixed, so it skips the gather of a minibatch; with bfloat16
+  layers, `engine_bf16` can beat it). The "of floor" column is a mode's speed
+  as a share of the floor's.
 
 Method. The modes of a row group (one width and seed count) each run in a
 worker process of their own, which builds its program or model once, trains
@@ -302,10 +302,11 @@ def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):
   A bias-free linear MLP of the workload's shapes with loss ``|f(x)|^2 / 2``,
   differentiated as the engine differentiates its dense layers
   (`plastix.matmul.kernel_layout_matmul`: three forward and five backward
-  products; no input gradient) and updated by SGD, each seed on its own inputs (as each seed of
-  the engine draws its own minibatches), seeds vmapped, steps in a
-  `lax.scan`: what XLA's matmul kernels alone take for the workload. With a
-  `mesh` (`plastix.sharding.seed_mesh`), the seeds are sharded over it.
+  products; no input gradient) and updated by SGD, each seed on its own
+  inputs (as each seed of the engine draws its own minibatches), seeds
+  vmapped, steps in a `lax.scan`: what XLA's matmul kernels alone take for
+  the workload. With a `mesh` (`plastix.sharding.seed_mesh`), the seeds are
+  sharded over it.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
