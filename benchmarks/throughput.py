@@ -65,13 +65,16 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses
+import functools
 import json
 import platform
+import queue
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Callable
 
@@ -98,6 +101,9 @@ _JSON_OUT = flags.DEFINE_string(
     "json_out", "", "Also write every mode's per-round times and worker info to this file.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
+_WORKER_TIMEOUT = flags.DEFINE_float(
+    "worker_timeout_s", 1800.0, "Seconds to wait for a worker's answer (its preparation or "
+    "one run) before killing it and reporting the mode as failed.")
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
 MODES = ("engine", "engine_noprobe", "engine_one_device", "engine_rows", "engine_bf16",
@@ -462,28 +468,53 @@ def _command(mode: str, width: int = 0, num_seeds: int = 1, steps: int | None = 
 
 class Worker:
   """One mode's worker process, driven over its stdin and stdout; its stderr goes to
-  a temporary file (read back to explain a failure), so no pipe can fill up."""
+  a temporary file (read back to explain a failure), so no pipe can fill up.
+
+  A thread moves the worker's stdout lines into a queue, so that every answer
+  (the preparation, each run, the exit) is awaited for at most `timeout_s`
+  seconds: a worker that hangs fails its mode instead of the whole benchmark.
+  """
 
   def __init__(self, mode: str, width: int, num_seeds: int, steps: int,
-               torch_device: str = "auto"):
-    self.mode = mode
+               torch_device: str = "auto", timeout_s: float = 1800.0):
+    self.mode, self.timeout_s, self._hung = mode, timeout_s, False
     self._log = tempfile.TemporaryFile(mode="w+")
     self._proc = subprocess.Popen(_command(mode, width, num_seeds, steps, torch_device),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=self._log, text=True, env=_worker_env(), cwd=_ROOT)
+    self._lines = queue.Queue()
+    threading.Thread(target=self._pump, daemon=True).start()
     try:
       self.info = self._read()
     except WorkerError:
       self.close()
       raise
 
+  def _pump(self) -> None:
+    """Puts every stdout line of the worker into the queue, then None at its end."""
+    try:
+      for line in self._proc.stdout:
+        self._lines.put(line)
+    finally:
+      self._proc.stdout.close()
+      self._lines.put(None)
+
   def _read(self) -> dict:
-    for line in self._proc.stdout:
+    deadline = time.monotonic() + self.timeout_s
+    while True:
+      try:
+        line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+      except queue.Empty:
+        self._hung = True
+        raise WorkerError(f"{self.mode} worker sent no answer in {self.timeout_s:g} s") from None
+      if line is None:
+        break
       if line.startswith(PROTOCOL):
         message = json.loads(line[len(PROTOCOL):])
         if "error" in message:
           raise WorkerError(message["error"])
         return message
+    self._proc.wait()
     self._log.seek(0)
     lines = self._log.read().strip().splitlines() or ["exited"]
     raise WorkerError(lines[-1])
@@ -501,9 +532,12 @@ class Worker:
     return self._read()["run_s"]
 
   def close(self) -> dict:
-    """Ends the worker (killing it if it does not exit); its info and peak memory."""
+    """Ends the worker (killing it if it does not exit, or at once if it hung); its
+    info and peak memory."""
     info = dict(getattr(self, "info", {}))
     try:
+      if self._hung:
+        raise WorkerError(f"{self.mode} worker hung")
       if self._proc.poll() is None:
         self._send("exit")
         info.update(self._read())
@@ -512,7 +546,7 @@ class Worker:
       self._proc.kill()
       self._proc.wait()
     finally:
-      for stream in (self._proc.stdin, self._proc.stdout, self._log):
+      for stream in (self._proc.stdin, self._log):
         if stream is not None and not stream.closed:
           stream.close()
     return info
@@ -668,6 +702,8 @@ def main(argv):
     _refuse(f"--steps: must be a positive multiple of {STEPS_PER_TASK} (got {_STEPS.value})")
   if _ROUNDS.value < 1:
     _refuse(f"--rounds: must be at least 1 (got {_ROUNDS.value})")
+  if not _WORKER_TIMEOUT.value > 0:
+    _refuse(f"--worker_timeout_s: must be positive (got {_WORKER_TIMEOUT.value})")
   for name, values in (("--widths", _WIDTHS.value), ("--seeds", _SEEDS.value)):
     if not values or not all(v.isdigit() and int(v) > 0 for v in values):
       _refuse(f"{name}: must be positive integers (got {','.join(values)})")
@@ -684,7 +720,9 @@ def main(argv):
     for num_seeds in map(int, _SEEDS.value):
       cell_modes = [m for m in modes if m != "engine_rows" or num_seeds > ROWS]
       cells = paired_rounds(cell_modes, width, num_seeds, steps, _ROUNDS.value,
-                            _TORCH_DEVICE.value)
+                            _TORCH_DEVICE.value,
+                            worker=functools.partial(Worker,
+                                                     timeout_s=_WORKER_TIMEOUT.value))
       rows.append((width, num_seeds, steps, cells))
       # Each row group as it is measured (against the first peak), so that a
       # later failure loses nothing.

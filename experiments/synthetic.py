@@ -83,7 +83,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 # How the job is laid out over processes: differs between the processes of one
-# job (process_id) and may change on resume without changing any result.
+# job (process_id) and may change on resume (the runs then continue on the new
+# layout, whose float rounding can differ; see `_resume_note`).
 _LAYOUT_FIELDS = ("distributed.",)
 # Fields added since a workdir may have been written, with the value that
 # means what the older code did (cpu_devices: its run_info.json holds no split,
@@ -110,16 +111,45 @@ def _check_resumable(workdir: str, config_dict: dict) -> bool:
   return True
 
 
-def _saved_split(workdir: str) -> int | None:
-  """The CPU device split a resumed run started with (None: JAX's own devices)."""
+def _saved_run_info(workdir: str) -> dict:
+  """The run_info.json of a resumed run ({} where it is missing or unreadable)."""
   try:
     with open(os.path.join(workdir, "run_info.json")) as f:
-      return json.load(f).get("cpu_devices")
+      return json.load(f)
   except (OSError, ValueError):
+    return {}
+
+
+def _resumed_split(config, split: int | None, saved: dict) -> int | None:
+  """The CPU split of a resumed run: the one it started with (`saved` run_info;
+  the core count may have changed), unless ``config.cpu_devices`` sets one or the
+  job is now multi-process, where each process keeps JAX's own devices
+  (`split`, as for a new run)."""
+  if config.cpu_devices or config.distributed.enabled:
+    return split
+  return saved.get("cpu_devices")
+
+
+def _layout(mesh) -> dict:
+  """How the runs are laid out: processes, and devices the runs are split over."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"processes": jax.process_count(), "run_devices": 1 if mesh is None else mesh.size}
+
+
+def _resume_note(saved: dict, layout: dict) -> str | None:
+  """A warning where a run resumes on another layout than it started on (None if
+  the same, or unknown: a workdir from before run_info.json recorded it)."""
+  before = saved.get("layout")
+  if not before or before == layout:
     return None
+  where = lambda l: (f"{l['processes']} process{'es' if l['processes'] > 1 else ''}, "
+                     f"{l['run_devices']} device{'s' if l['run_devices'] > 1 else ''}")
+  return (f"warning: this run started on {where(before)} and resumes on {where(layout)}: "
+          "the remaining tasks train the same runs, but their float rounding can differ "
+          "from an uninterrupted run's")
 
 
-def _run_info(cpu_devices: int | None) -> dict:
+def _run_info(cpu_devices: int | None, layout: dict) -> dict:
   import importlib.metadata as md  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   versions = {}
@@ -136,7 +166,7 @@ def _run_info(cpu_devices: int | None) -> dict:
     revision = None
   return {"versions": versions, "git_revision": revision,
           "devices": [str(d) for d in jax.devices()], "cpu_devices": cpu_devices,
-          "argv": sys.argv}
+          "layout": layout, "argv": sys.argv}
 
 
 def _devices_note(mesh) -> str:
@@ -173,10 +203,11 @@ def main(argv):
   # Everything that can be wrong with the input is checked before compiling.
   from plastix import data as data_lib  # pylint: disable=g-import-not-at-top
   from plastix import interventions, results, validation  # pylint: disable=g-import-not-at-top
+  from plastix import from_config  # pylint: disable=g-import-not-at-top
   try:
     validation.validate(config)
     names = interventions.parse_list(config.interventions)
-    train_split = data_lib.load(config.dataset, "train", config.data_dir or None)
+    train_split = from_config.load_dataset(config, "train")
     validation.validate_against_data(config, len(train_split.labels),
                                      train_split.num_classes, train_split.images.shape[1:])
   except (validation.ConfigError, data_lib.DataError) as e:
@@ -187,7 +218,7 @@ def main(argv):
       _fail("--workdir: a multi-process job needs a workdir shared by every process")
     _initialize_distributed(config)
   import jax  # pylint: disable=g-import-not-at-top
-  from plastix import from_config, sharding  # pylint: disable=g-import-not-at-top
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
   from plastix import grid as grid_lib  # pylint: disable=g-import-not-at-top
   points = grid_lib.points(config.grid)
   num_runs = config.num_seeds * len(points)
@@ -199,8 +230,9 @@ def main(argv):
   # A resumed run keeps the split it started with (the core count may differ).
   examples = train_split.images[:config.num_examples or None]
   split = from_config.cpu_devices(config, num_runs, examples.nbytes)
-  if resuming and not config.cpu_devices:
-    split = _saved_split(workdir)
+  saved_info = _saved_run_info(workdir) if resuming else {}
+  if resuming:
+    split = _resumed_split(config, split, saved_info)
   if split is not None:
     sharding.use_cpu_devices(split)
   primary = jax.process_index() == 0  # Only process 0 writes results and prints.
@@ -213,7 +245,8 @@ def main(argv):
       if config.cpu_devices and jax.default_backend() == "cpu":
         _fail(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split evenly "
               f"over {mesh.size} CPU devices; use a divisor of {num_runs}, or 0")
-      _fail(f"config.num_seeds: {e} (or set --config.shard_seeds=False)")
+      hint = "" if config.distributed.enabled else " (or set --config.shard_seeds=False)"
+      _fail(f"config.num_seeds: {e}{hint}")
     try:
       validation.check_parallel_runs(config.parallel_runs, num_runs, mesh.size)
     except validation.ConfigError as e:
@@ -222,9 +255,17 @@ def main(argv):
   _prepare_workdir(workdir)
 
   from plastix import plotting, runner  # pylint: disable=g-import-not-at-top
+  layout = _layout(mesh)
   if primary and not resuming:
     results.write_json(os.path.join(workdir, "config.json"), config_dict)
-    results.write_json(os.path.join(workdir, "run_info.json"), _run_info(split))
+    results.write_json(os.path.join(workdir, "run_info.json"), _run_info(split, layout))
+  elif primary:
+    note = _resume_note(saved_info, layout)
+    if note:
+      print(note, file=sys.stderr, flush=True)
+    if saved_info:  # Each resume's layout and command, after the start's.
+      saved_info.setdefault("resumes", []).append({"layout": layout, "argv": sys.argv})
+      results.write_json(os.path.join(workdir, "run_info.json"), saved_info)
 
   data, num_classes = from_config.load_train_data(config, train_split)
   grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""

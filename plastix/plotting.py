@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
@@ -35,6 +36,16 @@ MECHANISM_FIGURES = {
                        ("preact_mean_spread", "spread of unit means"),
                        ("gradient_alignment", "gradient alignment")),
 }
+
+
+def _save(fig, path: str) -> None:
+  """Writes `fig` as a PNG to `path` atomically (`results.write_bytes`) and closes it."""
+  buf = io.BytesIO()
+  try:
+    fig.savefig(buf, format="png", dpi=110)
+  finally:
+    plt.close(fig)
+  results.write_bytes(path, buf.getvalue())
 
 
 def _plot_curves(ax, rows, interventions, key, label):
@@ -82,8 +93,7 @@ def plot_panels(rows: Sequence[dict], interventions: Sequence[str], panels, path
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_plasticity(rows: Sequence[dict], interventions: Sequence[str], path: str,
@@ -115,8 +125,7 @@ def _histogram_grid(edges, panels, path: str, color: str, panel_width: float) ->
       axes[i, j].set_title(title, fontsize=7)
     axes[i, 0].set_xlabel("unit mean preactivation (layer 0)", fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_histograms(histograms: dict, interventions: Sequence[str], path: str,

@@ -174,6 +174,11 @@ def merge_shares(like, paths: Sequence[str], num_runs: int):
   return jax.tree_util.tree_unflatten(treedef, merged)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically (a figure, say)."""
+  _atomic_write(path, data)
+
+
 def write_json(path: str, obj: Any) -> None:
   """Writes `obj` as indented JSON to `path` atomically."""
   _atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

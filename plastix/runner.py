@@ -42,9 +42,11 @@ def _concat_tasks(parts):
 
 
 class RunShare(NamedTuple):
-  """The runs one process trained: `metrics` rows are runs `runs` of the job."""
+  """The runs one process trained: `metrics` rows are runs `runs` of the job's
+  `num_runs` (seeds x grid points)."""
   runs: np.ndarray
   metrics: engine.TaskMetrics
+  num_runs: int
 
 
 def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.TrainData,
@@ -70,8 +72,7 @@ def run_intervention(config: ml_collections.ConfigDict, name: str, data: engine.
   """
   share = run_intervention_share(config, name, data, num_classes, progress=progress,
                                  checkpoint_dir=checkpoint_dir, mesh=mesh)
-  num_runs = share.metrics.train_loss.shape[0]
-  if not np.array_equal(share.runs, np.arange(num_runs)):
+  if not np.array_equal(share.runs, np.arange(share.num_runs)):
     raise ValueError(f"this process holds runs {share.runs.tolist()} only; "
                      "use run_intervention_share in a multi-process job")
   return share.metrics
@@ -141,7 +142,7 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
                f"{time.perf_counter() - start:.1f}s")
   if ckpt is not None:
     ckpt.close()
-  return RunShare(runs, _concat_tasks(chunks))
+  return RunShare(runs, _concat_tasks(chunks), num_runs)
 
 
 def merge_over_processes(share: RunShare, folder: str, num_runs: int):

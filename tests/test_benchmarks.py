@@ -1,6 +1,8 @@
 """The throughput benchmark's method: paired ratios, worker rounds, the matmul floor."""
 
 import platform
+import sys
+import time
 
 import chex
 import jax
@@ -9,6 +11,21 @@ import jax.numpy as jnp
 from benchmarks import throughput
 from plastix import engine, from_config, sharding
 from tests.conftest import tiny_config
+
+# Stand-ins for a worker process, speaking the worker protocol over stdin/stdout.
+_ANSWERING_WORKER = f"""
+import json, sys
+say = lambda m: print({throughput.PROTOCOL!r} + json.dumps(m), flush=True)
+print("a line that is not an answer", flush=True)
+say({{"compile_s": 1.5}})
+for line in sys.stdin:
+  if line.strip() == "run":
+    print("more noise"); say({{"run_s": 0.25}})
+  elif line.strip() == "exit":
+    say({{"peak_rss_mib": 7.0}}); break
+"""
+_SILENT_WORKER = "import time; time.sleep(120)"
+_DYING_WORKER = "import sys; sys.stderr.write('first\\nout of memory\\n'); sys.exit(1)"
 
 
 def test_paired_ratio_is_the_median_of_ratios_within_each_round():
@@ -71,6 +88,39 @@ def test_a_worker_that_fails_is_dropped_and_the_others_carry_on():
   assert cells["unprepared"] == {"error": "cannot prepare"}
   assert sorted(FakeWorker.closed) == ["a", "b", "flaky"]
   assert cells["a"]["compile_s"] == 0.5 and cells["a"]["peak_rss_mib"] == 1.0
+
+
+def _fake_worker(monkeypatch, source, timeout_s=30.0):
+  monkeypatch.setattr(throughput, "_command", lambda *a: [sys.executable, "-c", source])
+  return throughput.Worker("fake", 8, 1, 300, timeout_s=timeout_s)
+
+
+def test_worker_reads_answers_between_other_output(monkeypatch):
+  worker = _fake_worker(monkeypatch, _ANSWERING_WORKER)
+  assert worker.info == {"compile_s": 1.5}
+  assert worker.run() == 0.25 and worker.run() == 0.25
+  assert worker.close() == {"compile_s": 1.5, "peak_rss_mib": 7.0}
+  assert worker._proc.returncode == 0
+
+
+def test_a_silent_worker_times_out_and_is_killed(monkeypatch):
+  start = time.monotonic()
+  try:
+    _fake_worker(monkeypatch, _SILENT_WORKER, timeout_s=0.5)
+  except throughput.WorkerError as e:
+    assert str(e) == "fake worker sent no answer in 0.5 s"
+  else:
+    raise AssertionError("a worker that never answers was waited for")
+  assert time.monotonic() - start < 20  # not the 120 s of its sleep
+
+
+def test_a_worker_that_exits_reports_its_last_stderr_line(monkeypatch):
+  try:
+    _fake_worker(monkeypatch, _DYING_WORKER)
+  except throughput.WorkerError as e:
+    assert str(e) == "out of memory"
+  else:
+    raise AssertionError("a worker that exited was not reported")
 
 
 def test_table_rows_put_each_paired_ratio_in_its_column():

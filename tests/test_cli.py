@@ -133,6 +133,14 @@ def test_missing_data_file_says_how_to_get_it(tmp_path):
   assert "missing dataset file" in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr
 
 
+def test_the_manual_dir_is_where_originals_are_looked_for(tmp_path):
+  manual = tmp_path / "originals"
+  proc = _run("--config.dataset=mnist", f"--config.data_dir={tmp_path / 'data'}",
+              f"--config.manual_dir={manual}", workdir=tmp_path / "w")
+  assert proc.returncode == 2
+  assert f"{manual} lacks train-images-idx3-ubyte.gz" in proc.stderr, proc.stderr
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")

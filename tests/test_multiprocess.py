@@ -1,5 +1,6 @@
 """A two-process job (jax.distributed on CPU) writes what a one-process run writes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -48,20 +49,42 @@ def test_two_processes_match_one_process(tmp_path):
       assert share["train_loss"].shape == (2, 2)
   assert not (single / "shares").exists()  # one process: nothing to merge
 
-  # Again in the same workdir: each process restores its share of the
-  # checkpointed metrics, and the merged results are the same.
-  (shared / "metrics.csv").unlink()
-  outs = _two_processes(shared)
-  assert "resumed from checkpoint after task 2/2" in outs[0]
+  # As if killed after task 1: a job of 1 task leaves the checkpoint that a
+  # 2-task job has after its first (nothing in the program depends on the task
+  # count), so resumed as the 2-task job, each process restores its share of
+  # task 1, trains task 2 and writes its share anew.
+  partial = tmp_path / "partial"
+  _two_processes(partial, "--config.num_tasks=1")
+  saved = json.loads((partial / "config.json").read_text())
+  (partial / "config.json").write_text(json.dumps(dict(saved, num_tasks=2)))
+  outs = _two_processes(partial)
+  assert "resumed from checkpoint after task 1/2" in outs[0]
+  assert "[baseline] task 2/2" in outs[0]
   for name in ("metrics.csv", "summary.json"):
-    assert (shared / name).read_bytes() == (single / name).read_bytes(), name
+    assert (partial / name).read_bytes() == (single / name).read_bytes(), name
+  with np.load(partial / "shares" / "baseline" / "process_1.npz") as share:
+    assert share["train_loss"].shape == (2, 2)
+
+  # Resumed by one process of four devices: announced, recorded, same results.
+  proc = subprocess.run([sys.executable, "-m", "experiments.synthetic", *ARGS,
+                         f"--workdir={partial}"], cwd=ROOT, env=_env(4),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert ("warning: this run started on 2 processes, 4 devices and resumes on 1 process, "
+          "4 devices") in proc.stderr
+  info = json.loads((partial / "run_info.json").read_text())
+  assert info["layout"] == {"processes": 2, "run_devices": 4}
+  assert [r["layout"] for r in info["resumes"]] == [
+      {"processes": 2, "run_devices": 4}, {"processes": 1, "run_devices": 4}]
+  for name in ("metrics.csv", "summary.json"):
+    assert (partial / name).read_bytes() == (single / name).read_bytes(), name
 
 
-def _two_processes(workdir) -> list[str]:
+def _two_processes(workdir, *extra) -> list[str]:
   """Runs the job as two processes of two devices each; their stdouts."""
   port = _free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.synthetic", *ARGS, f"--workdir={workdir}",
+      [sys.executable, "-m", "experiments.synthetic", *ARGS, *extra, f"--workdir={workdir}",
        "--config.distributed.enabled=True",
        f"--config.distributed.coordinator_address=localhost:{port}",
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],

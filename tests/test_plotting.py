@@ -42,3 +42,25 @@ def test_no_legend_when_nothing_was_measured(tmp_path, monkeypatch):
   plotting.plot_panels(_rows(), ["baseline"], [("sharpness", "sharpness")],
                        str(tmp_path / "empty.png"))
   assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+  path = tmp_path / "plasticity.png"
+  plotting.plot_panels(_rows(), ["baseline"], [("train_accuracy", "accuracy")], str(path))
+  drawn = path.read_bytes()
+  assert drawn.startswith(b"\x89PNG\r\n\x1a\n")
+
+  def killed_midway(fig, target, **kwargs):  # part of the file, then the end
+    del fig, kwargs
+    if hasattr(target, "write"):
+      target.write(b"\x89PNG")
+    else:
+      with open(target, "wb") as f:
+        f.write(b"\x89PNG")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", killed_midway)
+  with pytest.raises(KeyboardInterrupt):
+    plotting.plot_panels(_rows(), ["baseline"], [("train_accuracy", "accuracy")], str(path))
+  assert path.read_bytes() == drawn  # the last whole figure
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["plasticity.png"]

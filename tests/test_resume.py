@@ -95,3 +95,30 @@ def test_a_resumed_run_keeps_the_cpu_split_it_started_with(tmp_path):
   assert "2 seeds on 1 cpu device," in _run(workdir, env=env).stdout
   fresh = _run(tmp_path / "fresh", "--config.num_tasks=1", env=env)
   assert "2 seeds on 2 cpu devices," in fresh.stdout  # what 0 makes now
+
+
+def _config(cpu_devices=0, distributed=False):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({"cpu_devices": cpu_devices,
+                                    "distributed": {"enabled": distributed}})
+
+
+def test_a_resume_keeps_the_saved_split_of_a_one_process_run_only():
+  from experiments import synthetic  # pylint: disable=g-import-not-at-top
+  saved = {"cpu_devices": 2}
+  assert synthetic._resumed_split(_config(), 3, saved) == 2  # the split it started with
+  assert synthetic._resumed_split(_config(), 3, {}) is None  # older workdir: JAX's own
+  assert synthetic._resumed_split(_config(cpu_devices=4), 4, saved) == 4  # set: as given
+  # Resumed as a multi-process job: each process keeps JAX's own devices.
+  assert synthetic._resumed_split(_config(distributed=True), None, saved) is None
+
+
+def test_a_resume_on_another_layout_is_announced():
+  from experiments import synthetic  # pylint: disable=g-import-not-at-top
+  two_by_two = {"processes": 2, "run_devices": 4}
+  one = {"processes": 1, "run_devices": 1}
+  assert synthetic._resume_note({"layout": two_by_two}, dict(two_by_two)) is None
+  assert synthetic._resume_note({}, one) is None  # layout not recorded
+  note = synthetic._resume_note({"layout": two_by_two}, one)
+  assert note.startswith("warning: this run started on 2 processes, 4 devices and "
+                         "resumes on 1 process, 1 device:")

@@ -6,9 +6,10 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 
-from plastix import from_config, sharding
+from plastix import from_config, runner, sharding
 from tests.conftest import tiny_config, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,15 @@ SCRIPT = textwrap.dedent("""
     # Seeds and a grid's points (2 points x 2 seeds = 4 runs) are sharded alike.
     config.num_seeds = 2
     config.grid = "optimizer.learning_rate=1e-3,1e-2"
+    # The runner trains the runs where the mesh puts them: over all 4 devices.
+    placed, run_tasks = [], engine.run_tasks
+    def recording_run_tasks(states, *args, **kwargs):
+      placed.append(len(states.params["head"]["kernel"].sharding.device_set))
+      return run_tasks(states, *args, **kwargs)
+    engine.run_tasks = recording_run_tasks
     sharded = runner.run_intervention(config, "layer_norm", data, num_classes, mesh=mesh)
+    engine.run_tasks = run_tasks
+    assert placed and set(placed) == {4}, placed
     single = runner.run_intervention(config, "layer_norm", data, num_classes,
                                      mesh=sharding.seed_mesh(jax.devices()[:1]))
     assert sharded.train_loss.shape[0] == 4
@@ -175,3 +184,14 @@ def test_use_cpu_devices_splits_the_host_before_jax_starts():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip() == "5"
+
+
+def test_run_intervention_refuses_to_return_a_share_of_the_runs(monkeypatch):
+  # Process 0 of a two-process job holds runs 0 and 1 of 4: not the whole job.
+  share = runner.RunShare(np.array([0, 1]), "metrics of runs 0, 1", num_runs=4)
+  monkeypatch.setattr(runner, "run_intervention_share", lambda *a, **k: share)
+  with pytest.raises(ValueError, match=r"holds runs \[0, 1\] only"):
+    runner.run_intervention(tiny_config(), "baseline", None, 10)
+  whole = runner.RunShare(np.arange(4), "metrics of every run", num_runs=4)
+  monkeypatch.setattr(runner, "run_intervention_share", lambda *a, **k: whole)
+  assert runner.run_intervention(tiny_config(), "baseline", None, 10) == "metrics of every run"
