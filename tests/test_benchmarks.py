@@ -1,6 +1,8 @@
 """The throughput benchmark's method: paired ratios, worker rounds, the matmul floor."""
 
 import platform
+import signal
+import subprocess
 import sys
 import time
 
@@ -104,6 +106,10 @@ def test_worker_reads_answers_between_other_output(monkeypatch):
 
 
 def test_a_silent_worker_times_out_and_is_killed(monkeypatch):
+  started = []
+  popen = subprocess.Popen
+  monkeypatch.setattr(throughput.subprocess, "Popen",
+                      lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
   start = time.monotonic()
   try:
     _fake_worker(monkeypatch, _SILENT_WORKER, timeout_s=0.5)
@@ -112,6 +118,7 @@ def test_a_silent_worker_times_out_and_is_killed(monkeypatch):
   else:
     raise AssertionError("a worker that never answers was waited for")
   assert time.monotonic() - start < 20  # not the 120 s of its sleep
+  assert len(started) == 1 and started[0].returncode == -signal.SIGKILL
 
 
 def test_a_worker_that_exits_reports_its_last_stderr_line(monkeypatch):
@@ -128,6 +135,7 @@ def test_table_rows_put_each_paired_ratio_in_its_column():
   cells = {"engine": dict(cell([2.0, 2.0, 2.0]), devices=2),
            "engine_noprobe": cell([1.9, 1.9, 1.9]),
            "jax_loop": cell([3.0, 3.0, 3.0]), "torch": cell([4.0, 4.0, 4.0]),
+           "torch_fused": cell([3.0, 3.6, 3.3]),
            "matmul_floor": cell([1.6, 1.6, 1.6]), "engine_bf16": {"error": "boom"},
            "engine_one_device": dict(cell([2.5, 2.4, 3.0]), devices=1)}
   lines = throughput.table_lines(32, 2, 300, cells, peak=1e12)
@@ -139,6 +147,8 @@ def test_table_rows_put_each_paired_ratio_in_its_column():
   assert engine_row["devices"] == "2" and rows["torch"]["devices"] == ""
   assert engine_row["seed-steps/s"] == "300"  # 2 seeds x 300 steps in 2 s
   assert engine_row["vs torch"] == "2.00x (2.00-2.00)"
+  assert engine_row["vs torch_fused"] == "1.65x (1.50-1.80)"  # 3.0/2, 3.6/2, 3.3/2
+  assert rows["torch_fused"]["vs torch"] == "1.21x (1.11-1.33)"  # 4/3.3, 4/3.6, 4/3
   assert engine_row["vs jax_loop"] == "1.50x (1.50-1.50)"
   assert engine_row["of floor"] == "80% (80-80)"
   assert engine_row["MFU"] == f"{100 * 300 * throughput.model_flops_per_step(32) / 1e12:.1f}%"
@@ -148,6 +158,7 @@ def test_table_rows_put_each_paired_ratio_in_its_column():
   # One device's time over the split engine's, round by round: 1.25, 1.2, 1.5.
   assert rows["CPU split"]["seed-steps/s"].startswith("1.25x (1.20-1.50) the speed of one")
   assert rows["engine_one_device"]["devices"] == "1"
+  assert not any("unsteady" in line for line in lines)  # every mode within 1.5x
   del cells["engine"]["devices"]  # an engine on one device: no split to report
   assert not any("CPU split" in line for line in throughput.table_lines(32, 2, 300, cells, 1e12))
 
@@ -213,3 +224,19 @@ def test_cpu_model_reads_the_model_name_line(tmp_path):
   assert throughput.cpu_model(str(tmp_path / "missing")) == fallback
   (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name line
   assert throughput.cpu_model(str(tmp_path / "arm")) == fallback
+
+
+def test_rounds_where_a_mode_ran_far_slower_than_its_best_are_unsteady():
+  cells = {"engine": {"times": [1.0, 1.1, 1.0, 1.05]},
+           "torch": {"times": [3.0, 30.0, 3.2, 4.6]},  # rounds 2 and 4: load on the machine
+           "jax_loop": {"times": [2.0, 2.0, 3.1, 2.0]}, "failed": {"error": "x"}}
+  slow = throughput.unsteady_rounds(cells)
+  assert list(slow) == [1, 2, 3]
+  assert slow[1] == [("torch", 10.0)] and slow[2] == [("jax_loop", 3.1 / 2.0)]
+  assert slow[3][0][0] == "torch" and abs(slow[3][0][1] - 4.6 / 3.0) < 1e-12
+  cell = lambda c: dict(c, compile_s=0.0, peak_rss_mib=1.0)
+  lines = throughput.table_lines(32, 1, 300, {m: cell(c) for m, c in cells.items()}, 1e12)
+  note = [line for line in lines if "unsteady rounds" in line]
+  assert len(note) == 1
+  assert "3 of 4 (a mode over 1.5x its fastest time: round 2: torch 10.0x; " in note[0]
+  assert "round 3: jax_loop 1.6x; round 4: torch 1.5x)" in note[0]
