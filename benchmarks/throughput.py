@@ -7,7 +7,7 @@ Every mode trains the same workload: a depth-2 ReLU MLP on 784-pixel inputs,
 Adam (lr 1e-3), batch 128, minibatches sampled uniformly from 1,000
 Fashion-MNIST images whose labels are reset every 300 steps, `--steps` steps
 per seed (4x as many for widths of 64 or less, whose steps are shorter; a
-timed 1-seed run lasts about half a second on a 2-core CPU). Modes:
+timed 1-seed run lasts 0.5-0.8 s on a 2-core CPU). Modes:
 
 * ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
   probes at every task end (``engine_noprobe``: the same without probes;
@@ -98,7 +98,7 @@ _SEEDS = flags.DEFINE_list("seeds", ["1", "3", "8"],
 _WIDTHS = flags.DEFINE_list("widths", ["256", "32"], "MLP widths to measure.")
 _MODES = flags.DEFINE_list(
     "modes", None, "Modes to measure (default: engine, engine_noprobe, engine_one_device on "
-    "a CPU or engine_bf16 on an accelerator, jax_loop, torch, matmul_floor).")
+    "a CPU or engine_bf16 on an accelerator, jax_loop, torch, torch_fused, matmul_floor).")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed runs of every mode, in rotated order.")
 _TORCH_DEVICE = flags.DEFINE_string(
     "torch_device", "auto", "Device of the PyTorch reference: cpu, cuda, or auto (cuda "
@@ -529,7 +529,10 @@ class Worker:
         if "error" in message:
           raise WorkerError(message["error"])
         return message
-    self._proc.wait()
+    try:  # its stdout ended: let it finish writing its stderr
+      self._proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+      pass
     self._log.seek(0)
     lines = self._log.read().strip().splitlines() or ["exited"]
     raise WorkerError(lines[-1])
