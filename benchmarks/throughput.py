@@ -7,7 +7,7 @@ Every mode trains the same workload: a depth-2 ReLU MLP on 784-pixel inputs,
 Adam (lr 1e-3), batch 128, minibatches sampled uniformly from 1,000
 Fashion-MNIST images whose labels are reset every 300 steps, `--steps` steps
 per seed (4x as many for widths of 64 or less, whose steps are shorter; a
-timed 1-seed run lasts 0.5-0.8 s on a 2-core CPU). Modes:
+timed 1-seed run of the engine lasts 0.5-0.8 s on a 2-core CPU). Modes:
 
 * ``engine``: plastix, jit of vmap over seeds of scan over tasks and steps,
   probes at every task end (``engine_noprobe``: the same without probes;
@@ -26,9 +26,10 @@ timed 1-seed run lasts 0.5-0.8 s on a 2-core CPU). Modes:
 * ``torch``: a PyTorch eager reference (same model, Adam, batch size and
   sampling; PyTorch's own initialisation, which does not change the speed),
   seeds one after another, on `--torch_device`, as the field's PyTorch
-  codebases train: ``torch.optim.Adam``'s default update, a loop over the
-  parameters; ``torch_fused``: the same with ``Adam(fused=True)``, PyTorch's
-  fastest Adam. Both need ``pip install torch==2.13.0`` (the CPU build).
+  codebases train: ``torch.optim.Adam``'s default update (on a CPU a loop over
+  the parameters, on a GPU its ``foreach`` update); ``torch_fused``: the same
+  with ``Adam(fused=True)``, PyTorch's fastest Adam. Both need
+  ``pip install torch==2.13.0`` (the CPU build).
 * ``matmul_floor``: only the step's eight matrix products (three forward, five
   backward, as the engine differentiates the same layers without their
   ReLUs) and an SGD update, seeds vmapped and sharded over the same devices
@@ -523,6 +524,7 @@ class Worker:
         self._hung = True
         raise WorkerError(f"{self.mode} worker sent no answer in {self.timeout_s:g} s") from None
       if line is None:
+        self._lines.put(None)  # the end stays visible to a later read
         break
       if line.startswith(PROTOCOL):
         message = json.loads(line[len(PROTOCOL):])

@@ -137,15 +137,15 @@ def _layout(mesh) -> dict:
 
 
 def _resume_note(saved: dict, layout: dict) -> str | None:
-  """A warning where a run resumes on another layout than it started on (None if
-  the same, or unknown: a workdir from before run_info.json recorded it)."""
-  before = saved.get("layout")
+  """A warning where a run resumes on another layout than it last ran on (None
+  if the same, or unknown: a workdir from before run_info.json recorded it)."""
+  before = (saved.get("resumes") or [saved])[-1].get("layout")
   if not before or before == layout:
     return None
   where = lambda l: (f"{l['processes']} process{'es' if l['processes'] > 1 else ''}, "
                      f"{l['run_devices']} device{'s' if l['run_devices'] > 1 else ''}")
-  return (f"warning: this run started on {where(before)} and resumes on {where(layout)}: "
-          "the remaining tasks train the same runs, but their float rounding can differ "
+  return (f"warning: this run last ran on {where(before)} and resumes on {where(layout)}: "
+          "any remaining tasks train the same runs, but their float rounding can differ "
           "from an uninterrupted run's")
 
 
@@ -243,6 +243,11 @@ def main(argv):
       sharding.check_divisible(num_runs, mesh)
     except ValueError as e:
       if config.cpu_devices and jax.default_backend() == "cpu":
+        if jax.process_count() > 1:
+          _fail(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split "
+                f"evenly over {mesh.size} CPU devices ({jax.process_count()} processes x "
+                f"{config.cpu_devices}); use a count whose product with the processes "
+                f"divides {num_runs}")
         _fail(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split evenly "
               f"over {mesh.size} CPU devices; use a divisor of {num_runs}, or 0")
       hint = "" if config.distributed.enabled else " (or set --config.shard_seeds=False)"
@@ -263,9 +268,13 @@ def main(argv):
     note = _resume_note(saved_info, layout)
     if note:
       print(note, file=sys.stderr, flush=True)
-    if saved_info:  # Each resume's layout and command, after the start's.
-      saved_info.setdefault("resumes", []).append({"layout": layout, "argv": sys.argv})
-      results.write_json(os.path.join(workdir, "run_info.json"), saved_info)
+    # After the start's record, each resume's: its layout, command and software.
+    resume = {k: v for k, v in _run_info(split, layout).items()
+              if k in ("layout", "argv", "versions", "git_revision", "cpu_devices")}
+    if not saved_info:  # run_info.json lost (a run killed before writing it)
+      saved_info = {"unrecorded_start": True}
+    saved_info.setdefault("resumes", []).append(resume)
+    results.write_json(os.path.join(workdir, "run_info.json"), saved_info)
 
   data, num_classes = from_config.load_train_data(config, train_split)
   grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""

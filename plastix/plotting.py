@@ -39,10 +39,11 @@ MECHANISM_FIGURES = {
 
 
 def _save(fig, path: str) -> None:
-  """Writes `fig` as a PNG to `path` atomically (`results.write_bytes`) and closes it."""
+  """Writes `fig` to `path` atomically (`results.write_bytes`), in the format its
+  extension names (``.png``, ``.pdf``, ``.svg``, ...; PNG without one), and closes it."""
   buf = io.BytesIO()
   try:
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format=os.path.splitext(path)[1][1:].lower() or "png", dpi=110)
   finally:
     plt.close(fig)
   results.write_bytes(path, buf.getvalue())

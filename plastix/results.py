@@ -106,7 +106,16 @@ def columns(rows: Iterable[dict]) -> list[str]:
   return cols
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _atomic_write(path: str, content: str | bytes) -> None:
+  """Writes `content` to a temporary file beside `path`, then renames it over
+  `path`, with the permissions a plain ``open(path, "w")`` gives (0666 less
+  the umask; `tempfile.mkstemp` makes 0600)."""
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
   try:
@@ -115,6 +124,7 @@ def _atomic_write(path: str, content: str | bytes) -> None:
       f.write(content)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,6 +58,8 @@ def test_two_processes_match_one_process(tmp_path):
   _two_processes(partial, "--config.num_tasks=1")
   saved = json.loads((partial / "config.json").read_text())
   (partial / "config.json").write_text(json.dumps(dict(saved, num_tasks=2)))
+  moved = tmp_path / "moved"
+  shutil.copytree(partial, moved)
   outs = _two_processes(partial)
   assert "resumed from checkpoint after task 1/2" in outs[0]
   assert "[baseline] task 2/2" in outs[0]
@@ -65,19 +68,23 @@ def test_two_processes_match_one_process(tmp_path):
   with np.load(partial / "shares" / "baseline" / "process_1.npz") as share:
     assert share["train_loss"].shape == (2, 2)
 
-  # Resumed by one process of four devices: announced, recorded, same results.
+  # The same checkpoint resumed by one process of four devices, which trains
+  # task 2 on the new layout: announced and recorded; with one run per device
+  # in both layouts, the devices' programs and so the results are the same.
   proc = subprocess.run([sys.executable, "-m", "experiments.synthetic", *ARGS,
-                         f"--workdir={partial}"], cwd=ROOT, env=_env(4),
+                         f"--workdir={moved}"], cwd=ROOT, env=_env(4),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert ("warning: this run started on 2 processes, 4 devices and resumes on 1 process, "
+  assert "resumed from checkpoint after task 1/2" in proc.stdout
+  assert "[baseline] task 2/2" in proc.stdout
+  assert ("warning: this run last ran on 2 processes, 4 devices and resumes on 1 process, "
           "4 devices") in proc.stderr
-  info = json.loads((partial / "run_info.json").read_text())
+  info = json.loads((moved / "run_info.json").read_text())
   assert info["layout"] == {"processes": 2, "run_devices": 4}
-  assert [r["layout"] for r in info["resumes"]] == [
-      {"processes": 2, "run_devices": 4}, {"processes": 1, "run_devices": 4}]
+  assert [r["layout"] for r in info["resumes"]] == [{"processes": 1, "run_devices": 4}]
+  assert info["resumes"][0]["versions"]["jax"] == info["versions"]["jax"]
   for name in ("metrics.csv", "summary.json"):
-    assert (partial / name).read_bytes() == (single / name).read_bytes(), name
+    assert (moved / name).read_bytes() == (single / name).read_bytes(), name
 
 
 def _two_processes(workdir, *extra) -> list[str]:

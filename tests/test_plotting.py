@@ -64,3 +64,10 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     plotting.plot_panels(_rows(), ["baseline"], [("train_accuracy", "accuracy")], str(path))
   assert path.read_bytes() == drawn  # the last whole figure
   assert sorted(p.name for p in tmp_path.iterdir()) == ["plasticity.png"]
+
+
+def test_a_figure_takes_the_format_of_its_extension(tmp_path):
+  for name, magic in (("f.pdf", b"%PDF"), ("f.svg", b"<?xml"), ("f.png", b"\x89PNG")):
+    plotting.plot_panels(_rows(), ["baseline"], [("train_accuracy", "accuracy")],
+                         str(tmp_path / name))
+    assert (tmp_path / name).read_bytes().startswith(magic), name

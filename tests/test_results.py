@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import chex
 import numpy as np
@@ -75,6 +77,21 @@ def test_csv_round_trip_and_atomic_json(tmp_path):
   results.write_json(str(tmp_path / "s.json"), {"a": 1})
   assert json.loads((tmp_path / "s.json").read_text()) == {"a": 1}
   assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "s.json"]  # no temp files
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+  old = os.umask(0o027)
+  try:
+    results.write_json(str(tmp_path / "s.json"), {"a": 1})
+    results.write_bytes(str(tmp_path / "f.png"), b"\x89PNG")
+    with open(tmp_path / "plain.txt", "w") as f:
+      f.write("x")
+  finally:
+    os.umask(old)
+  plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+  assert plain == 0o640
+  for name in ("s.json", "f.png"):
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == plain, name
 
 
 def test_metrics_to_rows_flattens_layers():

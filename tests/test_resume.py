@@ -69,10 +69,15 @@ def test_workdir_with_another_config_is_refused(tmp_path):
 def test_job_layout_fields_do_not_block_a_resume(tmp_path):
   workdir = tmp_path / "w"
   _run(workdir)
+  (workdir / "run_info.json").unlink()  # as if killed before it was written
   proc = subprocess.run(_cmd(workdir) + ["--config.distributed.process_id=0"], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   assert "[layer_norm] resumed from checkpoint after task 6/6" in proc.stdout
+  # The resume still records itself.
+  info = json.loads((workdir / "run_info.json").read_text())
+  assert info["unrecorded_start"] is True
+  assert [r["layout"]["processes"] for r in info["resumes"]] == [1]
 
 
 @pytest.mark.skipif(sharding.host_cores() < 2, reason="needs 2 cores to split differently")
@@ -120,5 +125,10 @@ def test_a_resume_on_another_layout_is_announced():
   assert synthetic._resume_note({"layout": two_by_two}, dict(two_by_two)) is None
   assert synthetic._resume_note({}, one) is None  # layout not recorded
   note = synthetic._resume_note({"layout": two_by_two}, one)
-  assert note.startswith("warning: this run started on 2 processes, 4 devices and "
+  assert note.startswith("warning: this run last ran on 2 processes, 4 devices and "
                          "resumes on 1 process, 1 device:")
+  # Against the latest resume's layout, not the start's.
+  moved = {"layout": one, "resumes": [{"layout": two_by_two}]}
+  assert synthetic._resume_note(moved, one).startswith(
+      "warning: this run last ran on 2 processes, 4 devices and resumes on 1 process")
+  assert synthetic._resume_note(moved, dict(two_by_two)) is None
