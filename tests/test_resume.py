@@ -112,7 +112,9 @@ def test_a_resume_keeps_the_saved_split_of_a_one_process_run_only():
   from experiments import synthetic  # pylint: disable=g-import-not-at-top
   saved = {"cpu_devices": 2}
   assert synthetic._resumed_split(_config(), 3, saved) == 2  # the split it started with
-  assert synthetic._resumed_split(_config(), 3, {}) is None  # older workdir: JAX's own
+  # A workdir from before run_info.json held a split: JAX's own devices, as it started.
+  assert synthetic._resumed_split(_config(), 3, {"versions": {}}) is None
+  assert synthetic._resumed_split(_config(), 3, {}) == 3  # run_info.json lost: as if new
   assert synthetic._resumed_split(_config(cpu_devices=4), 4, saved) == 4  # set: as given
   # Resumed as a multi-process job: each process keeps JAX's own devices.
   assert synthetic._resumed_split(_config(distributed=True), None, saved) is None
