@@ -108,8 +108,9 @@ _JSON_OUT = flags.DEFINE_string(
     "json_out", "", "Also write every mode's per-round times and worker info to this file.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
+WORKER_TIMEOUT_S = 1800.0  # Default wait for a worker's answer.
 _WORKER_TIMEOUT = flags.DEFINE_float(
-    "worker_timeout_s", 1800.0, "Seconds to wait for a worker's answer (its preparation or "
+    "worker_timeout_s", WORKER_TIMEOUT_S, "Seconds to wait for a worker's answer (its preparation or "
     "one run) before killing it and reporting the mode as failed.")
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
@@ -492,7 +493,7 @@ class Worker:
   """
 
   def __init__(self, mode: str, width: int, num_seeds: int, steps: int,
-               torch_device: str = "auto", timeout_s: float = 1800.0):
+               torch_device: str = "auto", timeout_s: float = WORKER_TIMEOUT_S):
     self.mode, self.timeout_s, self._hung = mode, timeout_s, False
     self._log = tempfile.TemporaryFile(mode="w+")
     self._proc = subprocess.Popen(_command(mode, width, num_seeds, steps, torch_device),
@@ -557,8 +558,8 @@ class Worker:
     info = dict(getattr(self, "info", {}))
     try:
       if self._hung:
-        raise WorkerError(f"{self.mode} worker hung")
-      if self._proc.poll() is None:
+        self._proc.kill()
+      elif self._proc.poll() is None:
         self._send("exit")
         info.update(self._read())
       self._proc.wait(timeout=60)
@@ -661,9 +662,10 @@ def unsteady_rounds(cells: dict, factor: float = UNSTEADY) -> dict:
   slow = {}
   for mode, c in cells.items():
     times = c.get("times") or []
+    fastest = min(times, default=0.0)
     for r, t in enumerate(times):
-      if t > factor * min(times):
-        slow.setdefault(r, []).append((mode, t / min(times)))
+      if t > factor * fastest:
+        slow.setdefault(r, []).append((mode, t / fastest))
   return dict(sorted(slow.items()))
 
 
