@@ -38,6 +38,12 @@ timed 1-seed run of the engine lasts 0.5-0.8 s on a 2-core CPU). Modes:
   (its inputs are fixed, so it skips the gather of a minibatch; with bfloat16
   layers, `engine_bf16` can beat it). The "of floor" column is a mode's speed
   as a share of the floor's.
+* ``torch_floor``: PyTorch's counterpart of ``matmul_floor`` (`torch_floor_step`),
+  seeds one after another: the same eight products, eager, with autograd and an
+  SGD update, on PyTorch's own float32 kernels. Its ratio to ``torch`` bounds
+  what any program on PyTorch's kernels could gain over the reference by
+  removing everything but the products; ``matmul_floor`` against it compares
+  XLA's kernels with PyTorch's on the workload's shapes.
 
 Method. The modes of a row group (one width and seed count) each run in a
 worker process of their own, which builds its program or model once, trains
@@ -99,7 +105,8 @@ _SEEDS = flags.DEFINE_list("seeds", ["1", "3", "8"],
 _WIDTHS = flags.DEFINE_list("widths", ["256", "32"], "MLP widths to measure.")
 _MODES = flags.DEFINE_list(
     "modes", None, "Modes to measure (default: engine, engine_noprobe, engine_one_device on "
-    "a CPU or engine_bf16 on an accelerator, jax_loop, torch, torch_fused, matmul_floor).")
+    "a CPU or engine_bf16 on an accelerator, jax_loop, torch, torch_fused, matmul_floor, "
+    "torch_floor).")
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed runs of every mode, in rotated order.")
 _TORCH_DEVICE = flags.DEFINE_string(
     "torch_device", "auto", "Device of the PyTorch reference: cpu, cuda, or auto (cuda "
@@ -115,14 +122,14 @@ _WORKER_TIMEOUT = flags.DEFINE_float(
 
 BATCH, DEPTH, STEPS_PER_TASK, EXAMPLES, INPUT_DIM, CLASSES = 128, 2, 300, 1000, 784, 10
 MODES = ("engine", "engine_noprobe", "engine_one_device", "engine_rows", "engine_bf16",
-         "jax_loop", "torch", "torch_fused", "matmul_floor")
+         "jax_loop", "torch", "torch_fused", "matmul_floor", "torch_floor")
 # Measured unless --modes says otherwise: engine_rows only on request (it was
 # no faster than every seed side by side), engine_bf16 only on accelerators and
 # engine_one_device only on a CPU.
 DEFAULT_MODES = {"cpu": ("engine", "engine_noprobe", "engine_one_device", "jax_loop", "torch",
-                         "torch_fused", "matmul_floor"),
+                         "torch_fused", "matmul_floor", "torch_floor"),
                  "accelerator": ("engine", "engine_noprobe", "engine_bf16", "jax_loop", "torch",
-                                 "torch_fused", "matmul_floor")}
+                                 "torch_fused", "matmul_floor", "torch_floor")}
 # A round is unsteady where some mode took more than this many times its own
 # fastest round: other load on the machine, which slows PyTorch's OpenMP
 # threads far more than XLA's, so the pairing of modes cannot cancel it.
@@ -317,6 +324,53 @@ def prepare_torch(width: int, num_seeds: int, steps: int, fused: bool = False) -
                    "torch_matmul_precision": torch.get_float32_matmul_precision()})
 
 
+def torch_floor_step(torch, width: int, seed: int = 0, device: str = "cpu"):
+  """``(step, kernels)``: PyTorch's counterpart of `matmul_floor_program`, one seed.
+
+  The same bias-free linear MLP, fixed inputs and loss ``|f(x)|^2 / 2``, run
+  eagerly: ``step()`` is a forward pass (three products), ``torch.autograd.grad``
+  (five: a kernel gradient per layer and an input gradient for every layer but
+  the first, whose inputs need none) and an SGD update of `kernels`. What
+  PyTorch's float32 kernels and its eager autograd alone take for the
+  workload's products, without its loss, Adam or minibatch gather.
+  """
+  generator = torch.Generator().manual_seed(seed)
+  dims = [INPUT_DIM] + [width] * DEPTH + [CLASSES]
+  kernels = [(torch.randn(a, b, generator=generator) / a ** 0.5).to(device).requires_grad_()
+             for a, b in zip(dims, dims[1:])]
+  inputs = torch.rand(BATCH, INPUT_DIM, generator=generator).to(device)
+
+  def step() -> None:
+    x = inputs
+    for w in kernels:
+      x = x @ w
+    grads = torch.autograd.grad(0.5 * x.square().sum(), kernels)
+    with torch.no_grad():
+      torch._foreach_add_(kernels, grads, alpha=-1e-6)  # pylint: disable=protected-access
+
+  return step, kernels
+
+
+def prepare_torch_floor(width: int, num_seeds: int, steps: int) -> Prepared:
+  """`torch_floor_step` for every seed, one after another."""
+  import torch  # pylint: disable=g-import-not-at-top
+  device = _torch_device(torch)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+  def one_seed(seed: int) -> float:
+    step, _ = torch_floor_step(torch, width, seed, device)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    sync()
+    return time.perf_counter() - start
+
+  return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)),
+                  {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                   "torch_device": device})
+
+
 def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):
   """``(program, (kernels, inputs))``: the step's matrix products alone, for `steps` steps.
 
@@ -399,6 +453,8 @@ def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
     return prepare_torch(width, num_seeds, steps, fused=True)
   if mode == "matmul_floor":
     return prepare_matmul_floor(width, num_seeds, steps)
+  if mode == "torch_floor":
+    return prepare_torch_floor(width, num_seeds, steps)
   raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
 
 

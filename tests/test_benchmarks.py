@@ -7,6 +7,7 @@ import sys
 import time
 
 import chex
+import pytest
 import jax
 import jax.numpy as jnp
 
@@ -240,3 +241,16 @@ def test_rounds_where_a_mode_ran_far_slower_than_its_best_are_unsteady():
   assert len(note) == 1
   assert "3 of 4 (a mode over 1.5x its fastest time: round 2: torch 10.0x; " in note[0]
   assert "round 3: jax_loop 1.6x; round 4: torch 1.5x)" in note[0]
+
+
+def test_torch_floor_runs_the_same_eight_products_and_updates():
+  torch = pytest.importorskip("torch")
+  step, kernels = throughput.torch_floor_step(torch, width=8)
+  assert [tuple(k.shape) for k in kernels] == [(784, 8), (8, 8), (8, 10)]
+  before = [k.detach().clone() for k in kernels]
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    step()
+  products = sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
+  # As matmul_floor: three forward, five backward (no input gradient for the first layer).
+  assert products == 8
+  assert all(bool(torch.any(k != b)) for k, b in zip(kernels, before))  # SGD ran
