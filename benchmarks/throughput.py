@@ -287,14 +287,24 @@ def _torch_device(torch) -> str:
   return name
 
 
+def _torch_setup(torch):
+  """``(device, sync, info)`` of the PyTorch modes: `--torch_device`, a function
+  that waits for its queued work, and the version, threads and precision."""
+  device = _torch_device(torch)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+  info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+          "torch_device": device,
+          "torch_matmul_precision": torch.get_float32_matmul_precision()}
+  return device, sync, info
+
+
 def prepare_torch(width: int, num_seeds: int, steps: int, fused: bool = False) -> Prepared:
   """The PyTorch eager reference, seeds one after another; with `fused`, Adam's
   single-kernel update (``torch.optim.Adam(fused=True)``) instead of its default
   loop over the parameters."""
   import torch  # pylint: disable=g-import-not-at-top
-  device = _torch_device(torch)
+  device, sync, info = _torch_setup(torch)
   images = torch.from_numpy(_images()).to(device)
-  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
   def one_seed(seed: int) -> float:
     torch.manual_seed(seed)
@@ -318,10 +328,7 @@ def prepare_torch(width: int, num_seeds: int, steps: int, fused: bool = False) -
     sync()
     return time.perf_counter() - start
 
-  return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)),
-                  {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "torch_device": device,
-                   "torch_matmul_precision": torch.get_float32_matmul_precision()})
+  return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)), info)
 
 
 def torch_floor_step(torch, width: int, seed: int = 0, device: str = "cpu"):
@@ -354,8 +361,7 @@ def torch_floor_step(torch, width: int, seed: int = 0, device: str = "cpu"):
 def prepare_torch_floor(width: int, num_seeds: int, steps: int) -> Prepared:
   """`torch_floor_step` for every seed, one after another."""
   import torch  # pylint: disable=g-import-not-at-top
-  device = _torch_device(torch)
-  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+  device, sync, info = _torch_setup(torch)
 
   def one_seed(seed: int) -> float:
     step, _ = torch_floor_step(torch, width, seed, device)
@@ -366,9 +372,7 @@ def prepare_torch_floor(width: int, num_seeds: int, steps: int) -> Prepared:
     sync()
     return time.perf_counter() - start
 
-  return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)),
-                  {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "torch_device": device})
+  return Prepared(0.0, lambda: sum(one_seed(seed) for seed in range(num_seeds)), info)
 
 
 def matmul_floor_program(width: int, num_seeds: int, steps: int, mesh=None):

@@ -7,9 +7,9 @@ import sys
 import time
 
 import chex
-import pytest
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import throughput
 from plastix import engine, from_config, sharding
