@@ -65,6 +65,11 @@ MFU = seed-steps/s * 6 * B * sum(fan_in * fan_out) / peak (the usual
 convention; it counts the first layer's input gradient, which is not
 computed). Results print as a markdown table; each row group also goes to
 stderr as soon as it is measured.
+
+Task scaling, last: runs of `SCALING_TASKS` short tasks (one task a chunk)
+one after another in one process count the compiled programs (more tasks
+must compile none), and each count run again in a fresh process gives that
+run's peak memory (`task_memory`), with the size of the metrics it returns.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ _JSON_OUT = flags.DEFINE_string(
     "json_out", "", "Also write every mode's per-round times and worker info to this file.")
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
+_NTASKS = flags.DEFINE_integer("num_tasks", 2, "Internal: tasks of one task-memory run.")
 WORKER_TIMEOUT_S = 1800.0  # Default wait for a worker's answer.
 _WORKER_TIMEOUT = flags.DEFINE_float(
     "worker_timeout_s", WORKER_TIMEOUT_S, "Seconds to wait for a worker's answer (its preparation or "
@@ -483,18 +489,42 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
   return 2.0 * n ** 3 / timing.best_time(jax.jit(jnp.dot), a, a, repeats=repeats)
 
 
-def task_scaling(width: int, num_seeds: int) -> dict:
-  """Compilations and peak memory for a run of 2 chunks vs one of 20 chunks."""
-  from plastix import engine, from_config, runner  # pylint: disable=g-import-not-at-top
+# Task counts of the task-scaling measurement: 10x and 100x the first.
+SCALING_TASKS = (2, 20, 200)
+
+
+def _train_tasks(width: int, num_seeds: int, num_tasks: int):
+  """The runner's whole run of `num_tasks` short tasks (30 steps, one task per
+  chunk); returns its metrics (numpy, on the host)."""
+  from plastix import from_config, runner  # pylint: disable=g-import-not-at-top
+  config = _config(width, num_seeds, num_tasks)
+  config.steps_per_task, config.tasks_per_chunk = 30, 1
+  data, num_classes = from_config.load_train_data(config)
+  return runner.run_intervention(config, "baseline", data, num_classes)
+
+
+def task_scaling(width: int, num_seeds: int, task_counts=SCALING_TASKS) -> dict:
+  """Compilations and peak memory after runs of each of `task_counts` chunks, one
+  after another in this process (the peak also counts what earlier runs left in
+  the allocators; `task_memory` measures each count in a fresh process)."""
+  from plastix import engine  # pylint: disable=g-import-not-at-top
   out = {}
-  for num_tasks in (2, 20):
-    config = _config(width, num_seeds, num_tasks)
-    config.steps_per_task, config.tasks_per_chunk = 30, 1
-    data, num_classes = from_config.load_train_data(config)
-    runner.run_intervention(config, "baseline", data, num_classes)
+  for num_tasks in task_counts:
+    _train_tasks(width, num_seeds, num_tasks)
     out[f"compiled_programs_after_{num_tasks}_tasks"] = engine.run_tasks._cache_size()
     out[f"peak_rss_mib_after_{num_tasks}_tasks"] = round(_peak_rss_mib(), 1)
   return out
+
+
+def task_memory(width: int, num_seeds: int, num_tasks: int) -> dict:
+  """Peak memory of this process after one run of `num_tasks` chunks (in a fresh
+  process, the whole run's peak, compilation included), and the size of the
+  metrics the run returns: all that grows with the task count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  metrics = _train_tasks(width, num_seeds, num_tasks)
+  metrics_mib = sum(m.nbytes for m in jax.tree.leaves(metrics)) / 2**20
+  return {f"peak_rss_mib_fresh_process_{num_tasks}_tasks": round(_peak_rss_mib(), 1),
+          f"host_metrics_mib_{num_tasks}_tasks": round(metrics_mib, 3)}
 
 
 # ----------------------------------------------------------------------------
@@ -536,11 +566,11 @@ class WorkerError(RuntimeError):
 
 
 def _command(mode: str, width: int = 0, num_seeds: int = 1, steps: int | None = None,
-             torch_device: str = "auto") -> list[str]:
+             torch_device: str = "auto", num_tasks: int = 2) -> list[str]:
   """The command line of a process of this module measuring `mode`."""
   return [sys.executable, "-m", "benchmarks.throughput", f"--mode={mode}", f"--width={width}",
           f"--num_seeds={num_seeds}", f"--steps={steps or STEPS_PER_TASK}",
-          f"--torch_device={torch_device}"]
+          f"--torch_device={torch_device}", f"--num_tasks={num_tasks}"]
 
 
 class Worker:
@@ -689,9 +719,10 @@ def _worker_env() -> dict:
   return env
 
 
-def _one_shot(mode: str, width: int = 0, num_seeds: int = 1) -> dict:
-  """A helper measurement (matmul peak, task scaling) in a process of its own."""
-  proc = subprocess.run(_command(mode, width, num_seeds), capture_output=True, text=True,
+def _one_shot(mode: str, width: int = 0, num_seeds: int = 1, num_tasks: int = 2) -> dict:
+  """A helper measurement (matmul peak, task scaling, task memory) in a process of its own."""
+  proc = subprocess.run(_command(mode, width, num_seeds, num_tasks=num_tasks),
+                        capture_output=True, text=True,
                         timeout=3600, env=_worker_env(), cwd=_ROOT)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(PROTOCOL)]
   if proc.returncode or not lines:
@@ -793,6 +824,9 @@ def main(argv):
   if _MODE.value == "scaling":
     _say(task_scaling(_WIDTH.value, _NSEEDS.value))
     return
+  if _MODE.value == "task_memory":
+    _say(task_memory(_WIDTH.value, _NSEEDS.value, _NTASKS.value))
+    return
   if _MODE.value:
     serve(_MODE.value, _WIDTH.value, _NSEEDS.value, _STEPS.value)
     return
@@ -848,8 +882,13 @@ def main(argv):
   print("|" + "---|" * (HEADER.count("|") - 1))
   for row in rows:
     print("\n".join(table_lines(*row, peak)))
-  scaling = _one_shot("scaling", int(_WIDTHS.value[0]), int(_SEEDS.value[-1]))
-  print("\ntask scaling (2 vs 20 tasks of the same chunk program): " + json.dumps(scaling))
+  width, num_seeds = int(_WIDTHS.value[0]), int(_SEEDS.value[-1])
+  scaling = _one_shot("scaling", width, num_seeds)
+  for num_tasks in SCALING_TASKS:
+    scaling.update(_one_shot("task_memory", width, num_seeds, num_tasks))
+  print(f"\ntask scaling ({', '.join(map(str, SCALING_TASKS))} tasks of the same chunk "
+        "program; one process after another, then each in a fresh process): "
+        + json.dumps(scaling))
 
 
 if __name__ == "__main__":

@@ -197,6 +197,27 @@ def test_matmul_floor_has_the_engine_steps_products():
   assert len(_products(step.lower(state, jax.random.PRNGKey(1)))) == len(floor)
 
 
+def test_more_tasks_run_the_same_compiled_program():
+  # Counted around both runs, so programs other tests compiled do not count.
+  out = throughput.task_scaling(width=8, num_seeds=1, task_counts=(1, 3))
+  assert out["compiled_programs_after_3_tasks"] == out["compiled_programs_after_1_tasks"] >= 1
+  assert out["peak_rss_mib_after_3_tasks"] >= out["peak_rss_mib_after_1_tasks"] > 0
+  memory = throughput.task_memory(width=8, num_seeds=1, num_tasks=2)
+  assert list(memory) == ["peak_rss_mib_fresh_process_2_tasks", "host_metrics_mib_2_tasks"]
+  assert memory["peak_rss_mib_fresh_process_2_tasks"] >= out["peak_rss_mib_after_3_tasks"]
+  # The metrics of 2 tasks of one run: every TaskMetrics field, [1 run, 2 tasks, ...].
+  config = throughput._config(8, 1, 2)
+  config.steps_per_task, config.tasks_per_chunk = 30, 1
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
+  hp = from_config.hparams(config)
+  states = engine.init_states(from_config.seed_keys(config), data, hp, spec=spec)
+  shapes = jax.eval_shape(lambda s: engine.run_tasks(s, data, hp, spec=spec, num_tasks=2)[1],
+                          states)
+  expected = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / 2**20
+  assert memory["host_metrics_mib_2_tasks"] == round(expected, 3) > 0
+
+
 def test_workers_time_every_mode_in_every_round_and_report_failures(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the workers count CPU devices
   modes = ["matmul_floor", "engine_noprobe", "engine_one_device"]
