@@ -493,12 +493,18 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
 SCALING_TASKS = (2, 20, 200)
 
 
-def _train_tasks(width: int, num_seeds: int, num_tasks: int):
-  """The runner's whole run of `num_tasks` short tasks (30 steps, one task per
-  chunk); returns its metrics (numpy, on the host)."""
-  from plastix import from_config, runner  # pylint: disable=g-import-not-at-top
+def scaling_config(width: int, num_seeds: int, num_tasks: int):
+  """The task-scaling workload: `num_tasks` short tasks (30 steps), one task per chunk."""
   config = _config(width, num_seeds, num_tasks)
   config.steps_per_task, config.tasks_per_chunk = 30, 1
+  return config
+
+
+def _train_tasks(width: int, num_seeds: int, num_tasks: int):
+  """The runner's whole run of `scaling_config`; returns its metrics (numpy, on
+  the host)."""
+  from plastix import from_config, runner  # pylint: disable=g-import-not-at-top
+  config = scaling_config(width, num_seeds, num_tasks)
   data, num_classes = from_config.load_train_data(config)
   return runner.run_intervention(config, "baseline", data, num_classes)
 

@@ -206,8 +206,7 @@ def test_more_tasks_run_the_same_compiled_program():
   assert list(memory) == ["peak_rss_mib_fresh_process_2_tasks", "host_metrics_mib_2_tasks"]
   assert memory["peak_rss_mib_fresh_process_2_tasks"] >= out["peak_rss_mib_after_3_tasks"]
   # The metrics of 2 tasks of one run: every TaskMetrics field, [1 run, 2 tasks, ...].
-  config = throughput._config(8, 1, 2)
-  config.steps_per_task, config.tasks_per_chunk = 30, 1
+  config = throughput.scaling_config(width=8, num_seeds=1, num_tasks=2)
   data, num_classes = from_config.load_train_data(config)
   spec = from_config.engine_spec(config, num_classes, data.images.shape[1])
   hp = from_config.hparams(config)
