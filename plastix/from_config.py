@@ -81,9 +81,25 @@ def cpu_devices(config: ml_collections.ConfigDict, num_runs: int,
 
 
 def load_dataset(config: ml_collections.ConfigDict, split: str) -> data_lib.Dataset:
-  """`plastix.data.load` with the config's dataset, data_dir and manual_dir."""
-  return data_lib.load(config.dataset, split, config.data_dir or None,
-                       manual_dir=config.manual_dir or None)
+  """`plastix.data.load` with the config's dataset, data_dir and manual_dir.
+
+  Raises:
+    plastix.data.DataError: as `load` does, its advice naming the config's
+      fields as command-line overrides (``--config.manual_dir``); the config
+      has no download field, so downloading is advised through
+      ``python -m plastix.data``.
+  """
+  try:
+    return data_lib.load(config.dataset, split, config.data_dir or None,
+                         manual_dir=config.manual_dir or None)
+  except data_lib.DataError as e:
+    raise e.naming(config_data_options(config.dataset)) from e
+
+
+def config_data_options(dataset: str) -> dict[str, str]:
+  """How a data error's advice names the options, for a run set up by a config."""
+  return {"data_dir": "--config.data_dir", "manual_dir": "--config.manual_dir",
+          "download": f"--download to `python -m plastix.data {dataset}` first"}
 
 
 def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:

@@ -131,6 +131,11 @@ def test_missing_data_file_says_how_to_get_it(tmp_path):
               workdir=tmp_path / "w")
   assert proc.returncode == 2
   assert "missing dataset file" in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr
+  # The advice names the config's fields, not the data library's Python arguments.
+  for option in ("--config.manual_dir", "--config.data_dir",
+                 "--download to `python -m plastix.data mnist` first"):
+    assert option in proc.stderr, proc.stderr
+  assert "manual_dir=" not in proc.stderr and "download=True" not in proc.stderr
 
 
 def test_the_manual_dir_is_where_originals_are_looked_for(tmp_path):

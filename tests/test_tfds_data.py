@@ -210,7 +210,8 @@ def test_prepare_command_line(dirs, monkeypatch, capsys):
   assert data_main.main(argv) == 0
   assert capsys.readouterr().out.splitlines()[-1] == str(root / "plastix_mnist" / "1.0.0")
   assert data_main.main(["cifar10", f"--data_dir={root}", f"--manual_dir={manual}"]) == 2
-  assert "lacks cifar-10-python.tar.gz" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "lacks cifar-10-python.tar.gz" in err and err.rstrip().endswith("or pass --download")
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +314,23 @@ def test_missing_dataset_is_one_line_saying_how_to_get_it(dirs):
     data.load("cifar100", "train", data_dir=str(root), manual_dir=str(root / "nowhere"))
   with pytest.raises(data.DataError, match="embedded"):
     data.prepare("fashion_mnist_small")
+
+
+def test_data_errors_name_the_options_as_a_front_end_spells_them(dirs):
+  _, root = dirs
+  with pytest.raises(data.DataError) as e:
+    data.load("cifar100", "train", data_dir=str(root))
+  flags = e.value.naming({"manual_dir": "--manual_dir", "data_dir": "--data_dir"})
+  assert isinstance(flags, data.DataError)
+  assert str(flags) == (str(e.value).replace("passed as manual_dir=", "passed as --manual_dir")
+                        .replace("pass data_dir=", "pass --data_dir"))
+  assert "or pass download=True" in str(flags)  # an option left out keeps its Python name
+  # Re-spelling starts from the template, not from an earlier spelling.
+  assert str(flags.naming({"download": "--download"})) == str(e.value.naming(
+      {"download": "--download"}))
+  with pytest.raises(data.DataError) as e:
+    data.load("cifar100", "validation")
+  assert e.value.naming({"data_dir": "--data_dir"}) is e.value  # nothing to re-spell
 
 
 # ---------------------------------------------------------------------------

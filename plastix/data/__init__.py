@@ -36,14 +36,14 @@ import os
 import numpy as np
 
 from plastix.data import embedded, originals
-from plastix.data.dataset import SPLITS, DataError, Dataset
+from plastix.data.dataset import ARGUMENTS, SPLITS, DataError, Dataset
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _IDX_DEFAULT_DIRS = {"mnist": None, "fashion_mnist": DEBIAN_FASHION_MNIST}
 
 DATASETS = ("fashion_mnist_small", "fashion_mnist", "mnist", "cifar10", "cifar100")
 
-__all__ = ["DATASETS", "SPLITS", "DataError", "Dataset", "load", "prepare"]
+__all__ = ["ARGUMENTS", "DATASETS", "SPLITS", "DataError", "Dataset", "load", "prepare"]
 
 
 def _load_embedded(split: str) -> Dataset:
@@ -94,10 +94,11 @@ def _not_found(name: str, root: str, missing: str | None, notes: list[str]) -> D
   for note in notes:
     looked += f"; {note}"
   idx = " or holding its IDX files" if name in _IDX_DEFAULT_DIRS else ""
-  return DataError(
+  return DataError(lambda option: (
       f"{name} not found: {looked}. To get it, put the original {builders.where_to_get(name)} "
-      f"in a folder passed as manual_dir= (default {builders.default_manual_dir(root)}), or "
-      f"pass download=True, or pass data_dir= a folder where it is prepared{idx}")
+      f"in a folder passed as {option['manual_dir']} (default "
+      f"{builders.default_manual_dir(root)}), or pass {option['download']}, or pass "
+      f"{option['data_dir']} a folder where it is prepared{idx}"))
 
 
 def _load_original(name: str, split: str, data_dir: str | None, manual_dir: str | None,

@@ -18,6 +18,10 @@ from plastix import data
 from plastix.data import originals
 
 
+# The options as this command's flags, for the advice of its error messages.
+FLAGS = {"data_dir": "--data_dir", "manual_dir": "--manual_dir", "download": "--download"}
+
+
 def main(argv: list[str] | None = None) -> int:
   """Parses `argv`, prepares the dataset and returns the exit status."""
   parser = argparse.ArgumentParser(prog="python -m plastix.data",
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     path = data.prepare(args.name, args.data_dir, args.manual_dir, args.download)
   except data.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e.naming(FLAGS)}", file=sys.stderr)
     return 2
   print(path)
   return 0

@@ -80,8 +80,10 @@ class _OriginalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
             f"checksum mismatch for {f.filename}{where}: expected {f.size} bytes with sha256 "
             f"{f.sha256}; replace it with the original file from {f.url}") from e
       except Exception as e:  # Network errors come in many types; wrap them all.
-        raise DataError(f"could not download {f.url} ({type(e).__name__}: {first_line(e)}); "
-                        f"put {f.filename} in manual_dir instead") from e
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        raise DataError(lambda option, f=f, reason=reason: (
+            f"could not download {f.url} ({reason}); put {f.filename} in the folder "
+            f"passed as {option['manual_dir']} instead")) from e
     return paths
 
 
@@ -257,8 +259,9 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
   manual_dir = manual_dir or default_manual_dir(data_dir)
   absent = [] if download else missing_files(name, manual_dir)
   if absent:
-    raise DataError(f"cannot prepare {builder_cls.name}: {manual_dir} lacks {', '.join(absent)}; "
-                    f"put the original {where_to_get(name)} there, or pass download=True")
+    raise DataError(lambda option: (
+        f"cannot prepare {builder_cls.name}: {manual_dir} lacks {', '.join(absent)}; put the "
+        f"original {where_to_get(name)} there, or pass {option['download']}"))
   builder = builder_cls(data_dir=data_dir, file_format="array_record")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:

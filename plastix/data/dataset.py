@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -25,8 +25,34 @@ class Dataset(NamedTuple):
   coarse_labels: np.ndarray | None = None
 
 
+# How the messages name the options of `plastix.data.load` and `prepare`: as
+# Python arguments. A front end with flags of its own passes its spelling to
+# `DataError.naming`.
+ARGUMENTS = {"data_dir": "data_dir=", "manual_dir": "manual_dir=", "download": "download=True"}
+
+
 class DataError(ValueError):
-  """A dataset is unknown, missing or corrupt; the message says how to fix it."""
+  """A dataset is unknown, missing or corrupt; the message says how to fix it.
+
+  Where the fix is to set an option (``data_dir``, ``manual_dir``, ``download``),
+  the message is made by a function of how the options are spelled: ``str(e)``
+  names them as `ARGUMENTS` does, and ``e.naming(options)`` is the same error
+  naming them as a front end does (a command line's flags, a config's fields).
+  """
+
+  def __init__(self, message: str | Callable[[Mapping[str, str]], str],
+               options: Mapping[str, str] | None = None):
+    """`message`: the message, or a function of the options' spelling that makes
+    it; `options`: that spelling where it differs from `ARGUMENTS`."""
+    self._advice = message if callable(message) else None
+    if callable(message):
+      message = message({**ARGUMENTS, **(options or {})})
+    super().__init__(message)
+
+  def naming(self, options: Mapping[str, str]) -> "DataError":
+    """This error with its advice naming each option as `options` spells it
+    (keys of `ARGUMENTS`; an option it leaves out keeps its Python name)."""
+    return self if self._advice is None else DataError(self._advice, options)
 
 
 def first_line(error: BaseException) -> str:
