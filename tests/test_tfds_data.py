@@ -202,6 +202,40 @@ def test_tfds_default_manual_dir_is_used_without_asking(dirs, monkeypatch):
   np.testing.assert_array_equal(ds.images[..., 0], arrays["train"][0])
 
 
+def test_concurrent_preparations_wait_for_each_other_and_prepare_once(dirs, monkeypatch):
+  manual, root = dirs
+  arrays = _write_idx_files(manual)
+  _register_checksums(monkeypatch, "mnist", manual)
+  builder_cls = builders.BUILDERS["mnist"]
+  splitting = builder_cls._split_generators
+  started = []  # One entry per preparation that got as far as reading the files.
+  reached = threading.Event()
+
+  def counted(self, dl_manager):
+    started.append(1)
+    reached.set()
+    return splitting(self, dl_manager)
+
+  monkeypatch.setattr(builder_cls, "_split_generators", counted)
+  returned = []
+
+  def prepare():
+    returned.append(builders.prepare("mnist", str(root), str(manual)))
+
+  threads = [threading.Thread(target=prepare) for _ in range(2)]
+  with builders.preparation_lock("mnist", str(root)) as lock_path:
+    for t in threads:
+      t.start()
+    assert not reached.wait(3.0)  # Both wait for the lock this test holds.
+  for t in threads:
+    t.join(120)
+  folder = str(root / "plastix_mnist" / "1.0.0")
+  assert returned == [folder, folder] and len(started) == 1  # prepared once
+  assert lock_path == str(root / "plastix_mnist.lock")
+  ds = data.load("mnist", "test", data_dir=str(root))
+  np.testing.assert_array_equal(ds.images[..., 0], arrays["test"][0])
+
+
 def test_prepare_command_line(dirs, monkeypatch, capsys):
   manual, root = dirs
   _write_idx_files(manual)

@@ -22,9 +22,16 @@ with ``tf.image.encode_png``. The builders here, registered as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
+from typing import Iterator
+
+try:
+  import fcntl
+except ImportError:  # Not a POSIX system: preparation takes no lock.
+  fcntl = None
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -235,11 +242,36 @@ def missing_files(name: str, manual_dir: str) -> list[str]:
           if not os.path.isfile(os.path.join(manual_dir, f.filename))]
 
 
+@contextlib.contextmanager
+def preparation_lock(name: str, data_dir: str) -> Iterator[str]:
+  """Holds an exclusive lock on ``<data_dir>/plastix_<name>.lock`` (yielding its path).
+
+  `prepare` prepares inside it, so processes that all found the dataset
+  unprepared (every process of a job reading one shared data folder) prepare it
+  one at a time, and each after the first finds it prepared. The lock is an
+  ``flock``: it holds between processes of any host where the file system
+  supports it (a local disk; NFS where its server does locking); on a system
+  without ``fcntl`` no lock is taken. The empty lock file stays behind.
+  """
+  os.makedirs(data_dir, exist_ok=True)
+  path = os.path.join(data_dir, f"{BUILDERS[name].name}.lock")
+  with open(path, "a", encoding="utf-8") as lock:
+    if fcntl is not None:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield path
+    finally:
+      if fcntl is not None:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def prepare(name: str, data_dir: str, manual_dir: str | None = None,
             download: bool = False) -> str:
   """Prepares ``plastix_<name>`` in `data_dir` from the original files.
 
-  A no-op when it is already prepared there.
+  A no-op when it is already prepared there. Concurrent calls for the same
+  dataset and folder, from threads or processes, prepare it once
+  (`preparation_lock`).
 
   Args:
     name: ``mnist``, ``fashion_mnist``, ``cifar10`` or ``cifar100``.
@@ -262,10 +294,12 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
     raise DataError(lambda option: (
         f"cannot prepare {builder_cls.name}: {manual_dir} lacks {', '.join(absent)}; put the "
         f"original {where_to_get(name)} there, or pass {option['download']}"))
-  builder = builder_cls(data_dir=data_dir, file_format="array_record")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:
-    builder.download_and_prepare(download_config=config)
+    with preparation_lock(name, data_dir):
+      # Made under the lock: a builder sees whether the data is prepared when made.
+      builder = builder_cls(data_dir=data_dir, file_format="array_record")
+      builder.download_and_prepare(download_config=config)
   except DataError:
     raise
   except Exception as e:  # tfds raises many types; report them in one line.
