@@ -233,14 +233,15 @@ def expensive_probes(spec: EngineSpec, hp: HParams, data: TrainData, state: Trai
     key = _stream(state.rng, _PROBE_STREAM, state.task_index * len(probe_suite.EXPENSIVE) + i)
 
     def measure(state, name=name, key=key):
-      apply_fn = lambda p, x: objectives.apply_model(spec, p, state.model_state, x,
-                                                     train=False)[0]
-      init_fn = lambda k: _fresh_network(spec, k)[0]
+      # Each network runs with its own state: the probed one with its trained
+      # batch statistics, the plasticity probe's fresh ones with their initial ones.
+      apply_fn = lambda p, x, s: objectives.apply_model(spec, p, s, x, train=False)[0]
       return probe_suite.expensive_probe(
           name, settings, loss_fn=objectives.probe_loss_fn(spec, state.model_state,
                                                  state.task.target_scale),
-          apply_fn=apply_fn, init_fn=init_fn, optimizer=_optimizer(spec, hp),
-          params=state.params, batch=_probe_batch(spec, state.task, data), key=key)
+          apply_fn=apply_fn, init_fn=functools.partial(_fresh_network, spec),
+          optimizer=_optimizer(spec, hp), params=state.params,
+          batch=_probe_batch(spec, state.task, data), key=key, model_state=state.model_state)
 
     due = (task_number + 1) % every == 0
     out.update(jax.lax.cond(due, measure, lambda _, name=name: probe_suite.not_measured(name),

@@ -14,6 +14,13 @@ fresh network). Everything is one scanned, jittable, seed-vmappable program.
 Keys: ``net_key, batch_key = split(key)``; `probe_networks` draws the fresh
 reference network and the K target networks from ``net_key``, and target k's
 minibatches come from ``split(batch_key, K)[k]``.
+
+Models with state outside their parameters (batch-norm running statistics)
+pass ``model_state``: every network is then ``(params, model_state)``, applied
+as ``apply_fn(params, x, model_state)``, and each keeps its own state: the
+probed network its trained statistics, the fresh and target networks those of
+their initialisation. A state is an input of the fits, never updated by them
+(the networks run in eval mode) and never trained by the optimizer.
 """
 
 from __future__ import annotations
@@ -24,14 +31,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
-InitFn = Callable[[jax.Array], Any]
+ApplyFn = Callable[..., jax.Array]  # apply_fn(params, x), or (params, x, model_state).
+InitFn = Callable[[jax.Array], Any]  # init_fn(key) -> params, or (params, model_state).
 
 PAPER_OMEGA = 1e5  # the frequency of the 2023 paper's probe targets.
 
 
+def _apply(apply_fn: ApplyFn, params, x: jax.Array, model_state) -> jax.Array:
+  """`apply_fn` on a network: ``(params, x)``, or with its state where it has one."""
+  return apply_fn(params, x) if model_state is None else apply_fn(params, x, model_state)
+
+
 def probe_target(apply_fn: ApplyFn, params, target_params, x: jax.Array,
-                 omega: float = PAPER_OMEGA) -> jax.Array:
+                 omega: float = PAPER_OMEGA, *, model_state=None,
+                 target_state=None) -> jax.Array:
   r"""Probe targets ``g(x_n) = a + sin(omega f(x_n; theta_target))``, ``a = mean_n f(x_n; theta)``.
 
   ``a`` (one value per output) centres the targets on what the probed network
@@ -43,21 +56,23 @@ def probe_target(apply_fn: ApplyFn, params, target_params, x: jax.Array,
     target_params: a fresh initialisation theta_target.
     x: ``[n, ...]`` probe inputs.
     omega: the frequency; large omega makes targets look random in x.
+    model_state, target_state: the two networks' states, for a model that
+      has one (then ``apply_fn(params, x, model_state)``); None without.
 
   Returns:
     ``[n, outputs]`` targets.
   """
-  offset = jnp.mean(apply_fn(params, x), axis=0)
-  return offset + jnp.sin(omega * apply_fn(target_params, x))
+  offset = jnp.mean(_apply(apply_fn, params, x, model_state), axis=0)
+  return offset + jnp.sin(omega * _apply(apply_fn, target_params, x, target_state))
 
 
-def _mse(apply_fn: ApplyFn, params, x: jax.Array, y: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.square(apply_fn(params, x) - y))
+def _mse(apply_fn: ApplyFn, params, x: jax.Array, y: jax.Array, model_state) -> jax.Array:
+  return jnp.mean(jnp.square(_apply(apply_fn, params, x, model_state) - y))
 
 
 def fit_target(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, params,
                x: jax.Array, y: jax.Array, key: jax.Array, num_steps: int,
-               batch_size: int | None = None) -> jax.Array:
+               batch_size: int | None = None, *, model_state=None) -> jax.Array:
   r"""Trains a copy of `params` on ``(x, y)`` and returns its final loss on all of x.
 
     theta_0 = params,  s_0 = optimizer.init(params)
@@ -65,14 +80,15 @@ def fit_target(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, param
     returns  mean_{n, c} (f_c(x_n; theta_S) - y_{n,c})^2        (S = num_steps)
 
   B_t is all of x when `batch_size` is None, else `batch_size` indices drawn
-  uniformly with replacement from `key`.
+  uniformly with replacement from `key`. A `model_state` (see the module
+  docstring) is held fixed: only `params` are trained.
   """
   x, y = jnp.asarray(x), jnp.asarray(y)
 
   def step(carry, idx):
     p, opt_state = carry
     xb, yb = (x, y) if batch_size is None else (x[idx], y[idx])
-    grads = jax.grad(lambda q: _mse(apply_fn, q, xb, yb))(p)
+    grads = jax.grad(lambda q: _mse(apply_fn, q, xb, yb, model_state))(p)
     updates, opt_state = optimizer.update(grads, opt_state, p)
     return (optax.apply_updates(p, updates), opt_state), None
 
@@ -81,7 +97,7 @@ def fit_target(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, param
   else:
     indices = jax.random.randint(key, (num_steps, batch_size), 0, x.shape[0])
   (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), indices)
-  return _mse(apply_fn, params, x, y)
+  return _mse(apply_fn, params, x, y, model_state)
 
 
 def probe_networks(init_fn: InitFn, key: jax.Array, num_targets: int):
@@ -90,7 +106,9 @@ def probe_networks(init_fn: InitFn, key: jax.Array, num_targets: int):
     net_key, batch_key = split(key),   nets = vmap(init_fn)(split(net_key, K + 1)),
     fresh = nets[0],   targets = nets[1:]      (a leading axis of size K)
 
-  One vmapped init builds all K + 1 networks (one init in the compiled program).
+  One vmapped init builds all K + 1 networks (one init in the compiled program);
+  with an `init_fn` that returns ``(params, model_state)``, each network is such
+  a pair.
   """
   net_key, _ = jax.random.split(key)
   nets = jax.vmap(init_fn)(jax.random.split(net_key, num_targets + 1))
@@ -99,7 +117,8 @@ def probe_networks(init_fn: InitFn, key: jax.Array, num_targets: int):
 
 def probe_loss(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, params,
                target_params, x: jax.Array, key: jax.Array, *, num_steps: int = 2000,
-               omega: float = PAPER_OMEGA, batch_size: int | None = None) -> jax.Array:
+               omega: float = PAPER_OMEGA, batch_size: int | None = None,
+               model_state=None, target_states=None) -> jax.Array:
   r"""Mean final probe loss of `params` over K target networks.
 
     L(theta) = 1/K sum_k fit_target(theta, x, g_k(x), S, batch_key_k),
@@ -119,17 +138,23 @@ def probe_loss(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, param
     num_steps: S, optimizer steps per target.
     omega: target frequency.
     batch_size: minibatch size; None for full-batch steps.
+    model_state: the probed network's state, for a model that has one (then
+      ``apply_fn(params, x, model_state)``); None without.
+    target_states: the target networks' states, stacked like `target_params`
+      (with `model_state`).
 
   Returns:
     A float scalar.
   """
-  targets = jax.vmap(lambda t: probe_target(apply_fn, params, t, x, omega))(target_params)
+  targets = jax.vmap(lambda t, ts: probe_target(apply_fn, params, t, x, omega,
+                                                model_state=model_state, target_state=ts))(
+                                                    target_params, target_states)
   batch_keys = jax.random.split(key, targets.shape[0])
 
   def one_target(_, target):
     y, batch_key = target
     return None, fit_target(apply_fn, optimizer, params, x, y, batch_key, num_steps,
-                            batch_size)
+                            batch_size, model_state=model_state)
 
   _, losses = jax.lax.scan(one_target, None, (targets, batch_keys))
   return jnp.mean(losses)
@@ -138,7 +163,7 @@ def probe_loss(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, param
 def plasticity_loss(apply_fn: ApplyFn, init_fn: InitFn, optimizer: optax.GradientTransformation,
                     params, x: jax.Array, key: jax.Array, *, num_targets: int = 10,
                     num_steps: int = 2000, omega: float = PAPER_OMEGA,
-                    batch_size: int | None = None) -> dict[str, jax.Array]:
+                    batch_size: int | None = None, model_state=None) -> dict[str, jax.Array]:
   r"""The 2023 plasticity loss: probe loss of `params` minus that of a fresh network.
 
     fresh, targets = probe_networks(init_fn, key, K),   batch_key = split(key)[1]
@@ -147,15 +172,16 @@ def plasticity_loss(apply_fn: ApplyFn, init_fn: InitFn, optimizer: optax.Gradien
     plasticity_loss  = probe_loss - fresh_probe_loss
 
   Each network's targets are centred on its own mean prediction. The two
-  networks run as one vmapped program, so passing ``params == fresh`` gives
-  exactly 0. `apply_fn`, `init_fn`, `optimizer`, `num_targets`, `num_steps`
+  networks run as one vmapped program, so passing ``params == fresh`` (and,
+  with a state, ``model_state`` equal to the fresh one's) gives exactly 0. `apply_fn`, `init_fn`, `optimizer`, `num_targets`, `num_steps`
   and `batch_size` are static (close over them under jit); `params`, `x`,
   `key` and `omega` may be traced and vmapped over seeds. Cost: about
   ``2 * num_targets * num_steps`` optimizer steps.
 
   Args:
     apply_fn: ``apply_fn(params, x) -> [batch, outputs]``.
-    init_fn: ``init_fn(key) -> params`` for a fresh network of the same architecture.
+    init_fn: ``init_fn(key) -> params`` for a fresh network of the same
+      architecture (``-> (params, model_state)`` with `model_state`).
     optimizer: the training optimizer (a fresh state is made for every fit).
     params: the probed parameters.
     x: ``[n, ...]`` probe inputs.
@@ -164,15 +190,23 @@ def plasticity_loss(apply_fn: ApplyFn, init_fn: InitFn, optimizer: optax.Gradien
     num_steps: S, optimizer steps per target (2,000 in the paper).
     omega: target frequency (1e5 in the paper).
     batch_size: minibatch size; None for full-batch steps.
+    model_state: the probed network's state (batch-norm statistics), for a
+      model that has one: then ``apply_fn(params, x, model_state)`` and
+      ``init_fn(key) -> (params, model_state)``, and the fresh and target
+      networks use their own initial states. None for a model without.
 
   Returns:
     A dict of float scalars: ``probe_loss``, ``fresh_probe_loss``, ``plasticity_loss``.
   """
   fresh, targets = probe_networks(init_fn, key, num_targets)
+  fresh_state = target_states = None
+  if model_state is not None:
+    (fresh, fresh_state), (targets, target_states) = fresh, targets
   batch_key = jax.random.split(key)[1]
-  pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, fresh)
-  losses = jax.vmap(lambda p: probe_loss(
+  stack = lambda a, b: jax.tree.map(lambda u, v: jnp.stack([u, v]), a, b)
+  losses = jax.vmap(lambda p, s: probe_loss(
       apply_fn, optimizer, p, targets, x, batch_key, num_steps=num_steps, omega=omega,
-      batch_size=batch_size))(pair)
+      batch_size=batch_size, model_state=s, target_states=target_states))(
+          stack(params, fresh), stack(model_state, fresh_state))
   return dict(probe_loss=losses[0], fresh_probe_loss=losses[1],
               plasticity_loss=losses[0] - losses[1])

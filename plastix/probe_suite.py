@@ -148,7 +148,8 @@ def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
 
 def expensive_probe(name: str, settings: ProbeSettings, *, loss_fn: Callable,
                     apply_fn: Callable, init_fn: Callable,
-                    optimizer: optax.GradientTransformation, params, batch, key) -> dict:
+                    optimizer: optax.GradientTransformation, params, batch, key,
+                    model_state=None) -> dict:
   """One expensive probe's columns (see `EXPENSIVE_COLUMNS`).
 
   * sharpness: the top Hessian eigenvalue of ``loss_fn`` on ``batch`` by
@@ -165,19 +166,27 @@ def expensive_probe(name: str, settings: ProbeSettings, *, loss_fn: Callable,
     name: one of `EXPENSIVE`.
     settings: the probe settings.
     loss_fn: ``loss_fn(params, (x, y)) -> scalar`` mean loss on a batch.
-    apply_fn: ``apply_fn(params, x) -> outputs`` (eval mode).
-    init_fn: ``init_fn(key) -> params`` of a fresh network.
+    apply_fn: ``apply_fn(params, x) -> outputs`` (eval mode); with
+      `model_state`, ``apply_fn(params, x, model_state)``.
+    init_fn: ``init_fn(key) -> params`` of a fresh network; with
+      `model_state`, ``-> (params, model_state)``.
     optimizer: the training optimizer.
     params: the probed parameters.
     batch: ``(x, y)`` the probe batch.
     key: PRNG key.
+    model_state: the probed network's state outside its parameters (batch-norm
+      statistics), None for a model without. The plasticity probe's fresh and
+      target networks use their own initial states
+      (`plasticity_probe.plasticity_loss`).
   """
   x, y = batch
+  probed_apply = apply_fn if model_state is None else (
+      lambda p, inputs: apply_fn(p, inputs, model_state))
   if name == "sharpness":
     return {"sharpness": curvature.hessian_max_eigenvalue(loss_fn, params, batch, key,
                                                           settings.hessian_iters)}
   if name == "ntk":
-    gram = ntk.ntk_gram(apply_fn, params, x, num_examples=settings.ntk_examples)
+    gram = ntk.ntk_gram(probed_apply, params, x, num_examples=settings.ntk_examples)
     stats = ntk.ntk_stats(gram)
     return {f"ntk_{k}": stats[k] for k in ("diagonal_share", "off_diagonal_mass",
                                            "effective_rank", "top_eigenvalue_share")}
@@ -189,7 +198,7 @@ def expensive_probe(name: str, settings: ProbeSettings, *, loss_fn: Callable,
     out = plasticity_probe.plasticity_loss(
         apply_fn, init_fn, optimizer, params, x, key, num_targets=settings.plasticity_targets,
         num_steps=settings.plasticity_steps, omega=settings.plasticity_omega,
-        batch_size=min(settings.plasticity_batch, x.shape[0]))
+        batch_size=min(settings.plasticity_batch, x.shape[0]), model_state=model_state)
     return {"probe_loss": out["probe_loss"], "fresh_probe_loss": out["fresh_probe_loss"],
             "plasticity_probe_loss": out["plasticity_loss"]}
   raise ValueError(f"unknown expensive probe {name!r}; choose from {', '.join(EXPENSIVE)}")

@@ -95,3 +95,43 @@ def test_plasticity_loss_on_fresh_and_huge_networks_vmapped_over_seeds():
     for name, value in alone.items():
       assert out[name][i] == pytest.approx(float(value), rel=1e-4, abs=1e-6), name
   assert single(other, _X, jax.random.PRNGKey(4))["probe_loss"] != out["probe_loss"][1]
+
+
+# The same MLP with a state outside its parameters, as batch-norm statistics
+# are: a per-input shift subtracted before the first layer, 0 when fresh.
+def _shifted_apply(params, x, model_state):
+  return _mlp_apply(params, x - model_state["shift"])
+
+
+def _shifted_init(key):
+  return _mlp_init(key), {"shift": jnp.zeros(3)}
+
+
+_stateful_probe = jax.jit(functools.partial(
+    pp.plasticity_loss, _shifted_apply, _shifted_init, optax.adam(1e-2), num_targets=2,
+    num_steps=60, batch_size=8))
+
+
+def test_a_model_state_is_the_probed_networks_own_and_fresh_networks_keep_theirs():
+  key = jax.random.PRNGKey(3)
+  (fresh, fresh_state), _ = pp.probe_networks(_shifted_init, key, 2)
+  zero = _stateful_probe(fresh, _X, key, model_state=fresh_state)
+  assert zero["plasticity_loss"] == 0.0  # the reference network, state and all.
+  # A zero shift is no shift: the numbers of the model without a state (up to
+  # rounding: the two are compiled apart).
+  plain = jax.jit(_probe)(fresh, _X, key)
+  for name in ("probe_loss", "fresh_probe_loss"):
+    np.testing.assert_allclose(zero[name], plain[name], rtol=1e-6)
+  # The probed network's state moves its own loss, not the fresh network's,
+  # whose targets and fit run with its own (initial) state.
+  shifted = _stateful_probe(fresh, _X, key, model_state={"shift": jnp.full(3, 4.0)})
+  assert shifted["fresh_probe_loss"] == zero["fresh_probe_loss"]
+  assert shifted["probe_loss"] != zero["probe_loss"]
+  # Fitting with a state trains the parameters alone: the same loss as a
+  # model that closes over the state.
+  state = {"shift": jnp.arange(3.0)}
+  y = jnp.sin(_X[:, :2])
+  fit = functools.partial(pp.fit_target, optimizer=optax.adam(1e-2), params=fresh, x=_X, y=y,
+                          key=key, num_steps=30, batch_size=8)
+  closed = fit(lambda p, x: _shifted_apply(p, x, state))
+  np.testing.assert_allclose(fit(_shifted_apply, model_state=state), closed, rtol=1e-6)

@@ -55,6 +55,25 @@ def test_expensive_probes_follow_their_schedule_and_match_the_functions():
   assert np.isnan(values["sharpness"])  # task 0: (0 + 1) % 2 != 0
 
 
+def test_plasticity_probe_fresh_networks_use_their_own_batch_statistics():
+  config = tiny_config()
+  config.model.norm = "batch"
+  config.probes.plasticity_every = 1
+  config.probes.plasticity_steps = 5
+  data, num_classes = from_config.load_train_data(config)
+  spec = from_config.engine_spec(config, num_classes, data.images.shape[1], data.image_shape)
+  hp = from_config.hparams(config)
+  state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
+  # Running statistics that drifted, as training moves them.
+  drifted = state.replace(model_state=jax.tree.map(lambda v: v + 3.0, state.model_state))
+  probe = jax.jit(lambda s: engine.expensive_probes(spec, hp, data, s, jnp.int32(0)))
+  before, after = probe(state), probe(drifted)
+  # The probed network's statistics change its probe loss and nothing else:
+  # the fresh reference network runs with a fresh network's statistics.
+  assert after["fresh_probe_loss"] == before["fresh_probe_loss"]
+  assert after["probe_loss"] != before["probe_loss"]
+
+
 def test_drift_is_measured_from_the_start_of_each_task():
   config = tiny_config()
   data, num_classes = from_config.load_train_data(config)
