@@ -359,6 +359,13 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
   * ``head_reset``: the head re-initialised, its moments zeroed, counts kept.
   * ``full_reset``: a fresh network and optimizer state (counts 0).
 
+  The contextual bandit's target network follows the resets that
+  re-initialise whole layers: ``head_reset`` gives it the same fresh head and
+  ``full_reset`` makes it the fresh network, as a fresh agent's target is its
+  own initialisation (so a reset agent does not bootstrap from the layers it
+  discarded). ReDo and shrink-and-perturb, which change part of the network,
+  leave it to its next sync.
+
   A diverged seed is left alone. Returns ``(state, units reset by ReDo or -1)``.
   """
   if not spec.resets:
@@ -367,6 +374,7 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
   fresh_params, fresh_model_state = _fresh_network(
       spec, _stream(state.rng, _RESET_STREAM, state.task_index))
   params, opt_state, model_state = state.params, state.opt_state, state.model_state
+  target = state.target_params  # None unless the objective is the bandit's.
   num_reset = jnp.zeros([], jnp.int32)
   for name in spec.resets:
     if name == "redo":
@@ -381,16 +389,20 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
       params = resets.shrink_and_perturb(params, fresh_params, spec.shrink, spec.perturb)
     elif name == "head_reset":
       params, opt_state = resets.reset_head(opt, params, opt_state, fresh_params)
+      if target is not None:
+        target, _ = resets.reset_head(None, target, None, fresh_params)
     elif name == "full_reset":
       params, opt_state = resets.full_reset(fresh_params, opt)
       model_state = fresh_model_state
+      target = None if target is None else fresh_params
     else:
       raise ValueError(f"unknown reset {name!r}; choose from {', '.join(resets.METHODS)}")
   due = ((state.task_index + 1) % spec.reset_period == 0) & ~state.diverged
   pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(due, n, o), new, old)
   state = state.replace(params=pick(params, state.params),
                         opt_state=pick(opt_state, state.opt_state),
-                        model_state=pick(model_state, state.model_state))
+                        model_state=pick(model_state, state.model_state),
+                        target_params=pick(target, state.target_params))
   if "redo" not in spec.resets:
     return state, jnp.full([], -1, jnp.int32)
   return state, jnp.where(due, num_reset, 0)

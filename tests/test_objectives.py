@@ -61,6 +61,32 @@ def test_bandit_target_network_syncs_on_its_period():
                                               state.target_params)))
 
 
+@pytest.mark.parametrize("method", ["full_reset", "head_reset", "shrink_and_perturb"])
+def test_bandit_target_network_follows_resets_of_whole_layers(method):
+  config = tiny_config()
+  config.shift = "label_reset+contextual_bandit"
+  config.resets.methods = method
+  data, _, spec, hp = _spec(config)
+  state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
+  # A trained agent: online and target networks apart from each other and from
+  # any initialisation.
+  state = state.replace(params=jax.tree.map(lambda p: p + 0.5, state.params),
+                        target_params=jax.tree.map(lambda p: p - 0.5, state.params))
+  after, _ = engine._reset_at_task_end(spec, hp, data, state)
+  same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+  if method == "full_reset":  # a fresh agent: its target is its own initialisation.
+    chex.assert_trees_all_equal(after.target_params, after.params)
+    assert not same(after.params, state.params)
+  elif method == "head_reset":  # the same fresh head; the rest keeps its own values.
+    chex.assert_trees_all_equal(after.target_params["head"], after.params["head"])
+    assert not same(after.params["head"], state.params["head"])
+    body = lambda p: {k: v for k, v in p.items() if k != "head"}
+    chex.assert_trees_all_equal(body(after.target_params), body(state.target_params))
+  else:  # part of the network changed: the target waits for its next sync.
+    assert not same(after.params, state.params)
+    chex.assert_trees_all_equal(after.target_params, state.target_params)
+
+
 def test_bandit_learns_the_labels():
   config = tiny_config()
   config.shift = "contextual_bandit"
