@@ -125,6 +125,14 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "loss.name", _in(losses), f"choose one of {', '.join(losses)} for "
          f"{shifts.objective(config.shift)} (shift {config.shift!r})")
   _check(config, "loss.label_smoothing", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+  objective = shifts.objective(config.shift)
+  if config.loss.label_smoothing and (objective != "classification"
+                                      or config.loss.name == "mse"):
+    why = {"bandit": f"shift {config.shift!r} trains a squared TD error",
+           "regression": f"shift {config.shift!r} is a regression"}.get(
+               objective, f"loss.name is {config.loss.name!r}")
+    raise ConfigError("loss.label_smoothing", "applies to a classification cross-entropy "
+                      f"only, and {why}; set it to 0")
   _check(config, "loss.num_bins", lambda v: _positive_int(v) and v >= 2,
          "must be an integer >= 2")
   _check(config, "loss.support_max", lambda v: v > config.loss.support_min,

@@ -107,6 +107,8 @@ def test_grid_run_writes_a_condition_per_point(tmp_path):
     (["--config.model.dtype=float8"], "config.model.dtype"),
     (["--config.optimizer.name=adamax"], "config.optimizer.name"),
     (["--config.shift_params.eps=1.5"], "config.shift_params.eps"),
+    (["--config.shift=contextual_bandit", "--config.loss.label_smoothing=0.1"],
+     "config.loss.label_smoothing"),
     (["--config.num_tasks=three"], "num_tasks"),
     (["--config.grid=model.width=8,16"], "config.grid"),
     (["--config.grid=optimizer.learning_rate=1e-3,-1"], "config.grid"),

@@ -143,3 +143,18 @@ def test_bad_combinations_are_refused_by_name():
   with pytest.raises(validation.ConfigError, match="model.name"):
     validation.validate(config)
   assert models.redo_layers  # the supported models come from the models module
+
+
+@pytest.mark.parametrize("shift, loss", [("contextual_bandit", "auto"),
+                                         ("random_targets", "auto"), ("label_reset", "mse")])
+def test_label_smoothing_is_refused_where_there_is_no_cross_entropy_to_smooth(shift, loss):
+  config = tiny_config()
+  config.shift, config.loss.name = shift, loss
+  validation.validate(config)  # without it, the config is fine
+  config.interventions = "baseline,label_smoothing"
+  with pytest.raises(validation.ConfigError,
+                     match="loss.label_smoothing: applies to a classification cross-entropy "
+                           "only.*under intervention 'label_smoothing'"):
+    validation.validate(config)
+  config.shift, config.loss.name = "label_reset", "auto"
+  validation.validate(config)  # classification with cross-entropy: smoothed
