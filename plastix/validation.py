@@ -197,6 +197,12 @@ def _validate_shift_params(config: ml_collections.ConfigDict) -> None:
   _check(config, "shift_params.target_offset", lambda v: abs(v) < float("inf"),
          "must be a finite number")
   _check(config, "shift_params.gamma", lambda v: 0 <= v < 1, "must be in [0, 1)")
+  if shifts.is_gradual(config.shift):
+    # Every example and input position must have switched before the task ends,
+    # or the next switch would call "previous" a task some examples never saw.
+    _check(config, "shift_params.drift_steps", lambda v: v <= config.steps_per_task,
+           f"must be at most steps_per_task ({config.steps_per_task}) for a gradual shift, "
+           "so that each switch is complete within its task")
 
 
 def _validate_grid(config: ml_collections.ConfigDict) -> None:

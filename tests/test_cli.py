@@ -109,6 +109,8 @@ def test_grid_run_writes_a_condition_per_point(tmp_path):
     (["--config.shift_params.eps=1.5"], "config.shift_params.eps"),
     (["--config.shift=contextual_bandit", "--config.loss.label_smoothing=0.1"],
      "config.loss.label_smoothing"),
+    (["--config.shift=label_reset+gradual", "--config.steps_per_task=50"],
+     "config.shift_params.drift_steps"),
     (["--config.num_tasks=three"], "num_tasks"),
     (["--config.grid=model.width=8,16"], "config.grid"),
     (["--config.grid=optimizer.learning_rate=1e-3,-1"], "config.grid"),

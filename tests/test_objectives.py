@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix import engine, from_config, objectives, results, runner, shifts
+from plastix import engine, from_config, objectives, results, runner, shifts, validation
 from tests.conftest import tiny_config
 
 
@@ -160,5 +160,7 @@ def test_every_other_shift_trains_in_the_engine(shift):
   config = tiny_config()
   config.shift = shift
   config.num_tasks, config.num_seeds = 2, 1
+  config.shift_params.drift_steps = 6  # half of each task: a complete gradual switch
+  validation.validate(config)
   m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
   assert np.isfinite(m.train_loss).all() and (m.diverged_task == -1).all()
