@@ -155,16 +155,18 @@ def _reference_means(spec: EngineSpec, params, model_state, task: shifts.Task,
   """Per-unit mean preactivations on the probe batch: the reference for drift."""
   if not spec.run_probes:
     return ()
-  _, preacts, _ = _probe_outputs(spec, params, model_state, task, data)
+  preacts = _probe_outputs(spec, params, model_state, task, data).preactivations
   return probe_suite.unit_means(preacts)
 
 
 def _probe_outputs(spec: EngineSpec, params, model_state, task: shifts.Task, data: TrainData):
-  """(outputs, preactivations, activations), float32, on the probe batch."""
+  """`models.Forward` (outputs, preactivations, activations, the head's input),
+  float32, on the probe batch."""
   x, _ = _probe_batch(spec, task, data)
-  logits, preacts, acts = models.hidden_features(spec.model, params, x, model_state)
-  return (logits.astype(jnp.float32),
-          *([h.astype(jnp.float32) for h in hs] for hs in (preacts, acts)))
+  forward = models.forward_with_features(spec.model, params, x, model_state)
+  f32 = lambda hs: [h.astype(jnp.float32) for h in hs]
+  return models.Forward(forward.logits.astype(jnp.float32), f32(forward.preactivations),
+                        f32(forward.activations), forward.features.astype(jnp.float32))
 
 
 def _probe_batch(spec: EngineSpec, task: shifts.Task, data: TrainData):
@@ -200,14 +202,14 @@ def probe(spec: EngineSpec, params, task: shifts.Task, data: TrainData,
   initialisation) to the current ones (growth ratio 1).
   """
   model_state = model_state or {}
-  logits, preacts, acts = _probe_outputs(spec, params, model_state, task, data)
+  logits, preacts, acts, features = _probe_outputs(spec, params, model_state, task, data)
   if reference_means is None:
     reference_means = probe_suite.unit_means(preacts)
   grads = jax.grad(objectives.probe_loss_fn(spec, model_state, task.target_scale))(
       params, _probe_batch(spec, task, data))
   return dict(
       **probe_suite.activation_probes(preacts, acts, logits, reference_means,
-                                      spec.probe_settings),
+                                      spec.probe_settings, features),
       param_norm=probes.param_norm(params),
       layer_param_norm=probes.layer_param_norms(params),
       layer_grad_norm=probes.layer_grad_norms(grads),
@@ -332,7 +334,8 @@ def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, 
 
   def part(state, inputs):
     state, outputs = jax.lax.scan(step, state, inputs)
-    _, preacts, _ = _probe_outputs(spec, state.params, state.model_state, state.task, data)
+    preacts = _probe_outputs(spec, state.params, state.model_state, state.task,
+                             data).preactivations
     means = probe_suite.unit_means(preacts)
     drift, _ = probe_suite.mean_drift(means, state.reference_means)
     return state, (outputs, (drift, probe_suite.mean_histograms(means, edges)))
@@ -379,7 +382,7 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
   for name in spec.resets:
     if name == "redo":
       layers = models.redo_layers(spec.model)
-      _, _, acts = _probe_outputs(spec, params, model_state, state.task, data)
+      acts = _probe_outputs(spec, params, model_state, state.task, data).activations
       params, opt_state, info = resets.redo(opt, params, opt_state, acts, fresh_params,
                                             layers, spec.redo_tau)
       model_state = resets.reset_norm_statistics(model_state, fresh_model_state, layers,

@@ -25,7 +25,12 @@ Options on every model:
 Every hidden layer sows its preactivations (the input to the nonlinearity,
 after normalisation) and its activations into the ``intermediates``
 collection, under the top-level module, so `hidden_features` returns one array
-per hidden layer, in forward order, with the units on the last axis.
+per hidden layer, in forward order, with the units on the last axis. Every
+model also sows its representation, the ``[B, D]`` input of its linear
+``head`` (`forward_with_features`): the last hidden layer's activations for
+the MLP (and a CNN with dense layers), the flattened last conv map for a CNN
+without, the pooled last block for the ResNet, and the pooled, normalised
+token for the ViT.
 
 "batch" and "hybrid" keep running statistics in the ``batch_stats``
 collection; every model takes ``train`` (default False: the running
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -191,6 +196,12 @@ def _sow_layer(module: nn.Module, h: jax.Array, a: jax.Array) -> None:
   module.sow("intermediates", "activations", a)
 
 
+def _sow_features(module: nn.Module, x: jax.Array) -> jax.Array:
+  """Sows `x`, the ``[B, D]`` input of the model's linear head, and returns it."""
+  module.sow("intermediates", "features", x)
+  return x
+
+
 def _hidden(module: nn.Module, h: jax.Array, index: int, train: bool, dtype: Any) -> jax.Array:
   """norm_{index}, sow, nonlinearity, sow: one hidden layer after its linear map."""
   h = normalize(module.norm, h, train, dtype, f"norm_{index}")
@@ -244,7 +255,7 @@ class MLP(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden_sizes):
       x = _hidden(self, dense(width, name=f"dense_{i}")(x), i, train, dtype)
-    return dense(self.num_outputs, name="head")(x).astype(jnp.float32)
+    return dense(self.num_outputs, name="head")(_sow_features(self, x)).astype(jnp.float32)
 
 
 class CNN(nn.Module):
@@ -294,7 +305,7 @@ class CNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for j, width in enumerate(self.hidden_sizes, start=len(self.channels)):
       x = _hidden(self, dense(width, name=f"dense_{j}")(x), j, train, dtype)
-    return dense(self.num_outputs, name="head")(x).astype(jnp.float32)
+    return dense(self.num_outputs, name="head")(_sow_features(self, x)).astype(jnp.float32)
 
 
 class BasicBlock(nn.Module):
@@ -387,7 +398,7 @@ class ResNet(nn.Module):
         for h, a in layers:
           _sow_layer(self, h, a)
         index += 1
-    x = jnp.mean(x, axis=(1, 2))
+    x = _sow_features(self, jnp.mean(x, axis=(1, 2)))
     return nn.Dense(self.num_outputs, dtype=dtype, name="head")(x).astype(jnp.float32)
 
 
@@ -496,7 +507,7 @@ class ViT(nn.Module):
                                dtype, name=f"block_{i}")(x)
       _sow_layer(self, h, a)
     x = normalize(self.norm, x, False, dtype, "final_norm")
-    x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
+    x = _sow_features(self, x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1))
     return nn.Dense(self.num_outputs, dtype=dtype, name="head")(x).astype(jnp.float32)
 
 
@@ -541,17 +552,36 @@ def apply_model(model: nn.Module, params, model_state, x: jax.Array, train: bool
   return model.apply(variables, x, train=train), model_state
 
 
-def hidden_features(model: nn.Module, params, x: jax.Array, model_state=None):
-  """Runs `model` in eval mode; returns (logits, [preactivations], [activations]).
+class Forward(NamedTuple):
+  """One eval-mode forward pass with what the probes read (`forward_with_features`)."""
+  logits: jax.Array
+  preactivations: list  # [B, ..., units] per hidden layer, in forward order.
+  activations: list     # the same layers after the nonlinearity.
+  features: jax.Array   # [B, D]: the representation, the linear head's input.
 
-  One array per hidden layer, in forward order, the units on the last axis.
+
+def forward_with_features(model: nn.Module, params, x: jax.Array, model_state=None) -> Forward:
+  """Runs `model` in eval mode; returns its logits, every hidden layer's
+  preactivations and activations, and its representation (the head's input).
+
   `model_state` (from `init_variables` / `apply_model`) is required for the
   "batch" and "hybrid" norms: eval mode normalises with its running statistics.
   """
   variables = {"params": params, **(model_state or {})}
   logits, state = model.apply(variables, x, train=False, mutable=["intermediates"])
   inter = state["intermediates"]
-  return logits, list(inter["preactivations"]), list(inter["activations"])
+  (features,) = inter["features"]
+  return Forward(logits, list(inter["preactivations"]), list(inter["activations"]), features)
+
+
+def hidden_features(model: nn.Module, params, x: jax.Array, model_state=None):
+  """Runs `model` in eval mode; returns (logits, [preactivations], [activations]).
+
+  One array per hidden layer, in forward order, the units on the last axis
+  (`forward_with_features` adds the representation).
+  """
+  forward = forward_with_features(model, params, x, model_state)
+  return forward.logits, forward.preactivations, forward.activations
 
 
 def redo_layers(model: nn.Module) -> list[tuple[str, str]]:

@@ -95,7 +95,7 @@ def mean_histograms(means: Sequence[jax.Array], edges: jax.Array) -> jax.Array:
 
 def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
                       logits: jax.Array, reference_means: Sequence[jax.Array],
-                      settings: ProbeSettings) -> dict:
+                      settings: ProbeSettings, features: jax.Array | None = None) -> dict:
   r"""The every-task probes from one forward pass on the probe batch.
 
   Layer fractions are averaged over layers weighted by their unit counts:
@@ -108,8 +108,11 @@ def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
   * preact_std_mean: mean over units of the per-unit std;
   * preact_drift: mean over units of ``|m_i - m_i^ref|``, the change of each
     unit's mean preactivation since the start of the task (`probes.mean_drift`);
-  * effective_rank, srank, feature_singular_values (top k): of the last hidden
-    layer's features (averaged over positions for conv maps and tokens);
+  * effective_rank, srank, feature_singular_values (top k): of `features`,
+    the representation ``[examples, D]`` the model's linear head reads
+    (`models.forward_with_features`); without it, of the last hidden layer's
+    activations (averaged over positions for conv maps and tokens), which is
+    the same array for an MLP;
   * predictive_entropy: mean ``-sum p log p`` of the outputs' softmax;
   * layer_dead_fraction, layer_preact_drift, layer_preact_mean_spread
     ``[layers]``: the per-layer values; and preact_histogram ``[layers, bins]``:
@@ -120,7 +123,7 @@ def activation_probes(preacts: Sequence[jax.Array], acts: Sequence[jax.Array],
   stats = [probes.preactivation_stats(h) for h in preacts]
   means = [st["unit_mean"] for st in stats]
   drift, layer_drift = mean_drift(means, reference_means)
-  features = _features(acts[-1])
+  features = _features(acts[-1]) if features is None else features
   edges = jnp.asarray(settings.histogram_edges, jnp.float32)
   layer_dead = jnp.stack([probes.dormant_fraction(a, 0.0) for a in acts])
   return dict(

@@ -80,6 +80,27 @@ def test_mlp_exposes_every_hidden_layer(norm):
   assert ("norm_0" in params) == (norm == "layer")
 
 
+@pytest.mark.parametrize("name, fields", [
+    ("mlp", {}), ("cnn", {}), ("cnn", {"depth": 0}), ("resnet18", {"norm": "batch"}),
+    ("vit_tiny", {}), ("vit_tiny", {"vit_pool": "mean"})])
+def test_features_are_what_the_head_reads(name, fields):
+  model = _tiny(name, **fields)
+  x = _x((_B,) + _IMAGE)
+  params, state = _np_variables(model, x)
+  forward = models.forward_with_features(model, params, x, state)
+  # The head is linear in the features: logits = features W + b, by hand.
+  head = params["head"]
+  np.testing.assert_allclose(forward.logits, forward.features @ head["kernel"] + head["bias"],
+                             rtol=1e-5, atol=1e-5)
+  chex.assert_shape(forward.features, (_B, head["kernel"].shape[0]))
+  logits, pre, act = models.hidden_features(model, params, x, state)
+  np.testing.assert_array_equal(logits, forward.logits)
+  if name == "mlp" or (name == "cnn" and "depth" not in fields):
+    np.testing.assert_array_equal(forward.features, act[-1])  # the last hidden layer
+  if name == "cnn" and fields.get("depth") == 0:  # the flattened last conv map
+    np.testing.assert_array_equal(forward.features, act[-1].reshape(_B, -1))
+
+
 def test_layer_norm_acts_on_preactivations_before_relu():
   model = models.MLP(hidden_sizes=(7,), num_outputs=2, norm="layer")
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 5)) * 10 + 3

@@ -28,6 +28,13 @@ def test_activation_probes_by_hand():
   np.testing.assert_array_equal(out["preact_histogram"], [[1, 1, 1]])  # -2 | 0 | 3
   np.testing.assert_allclose(out["feature_singular_values"],
                              np.linalg.svd(np.asarray(a), compute_uv=False)[:2], rtol=1e-5)
+  # Given the representation the head reads, the ranks are of it instead.
+  features = jnp.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # singular values 2, 2, 0
+  given = probe_suite.activation_probes([h], [a], jnp.zeros((2, 4)), ref, settings, features)
+  np.testing.assert_allclose(given["feature_singular_values"], [2.0, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(given["effective_rank"], 2.0, rtol=1e-6)
+  assert int(given["srank"]) == 2
+  assert given["dead_fraction"] == out["dead_fraction"]  # the layer probes are unchanged
 
 
 def test_expensive_probes_follow_their_schedule_and_match_the_functions():
