@@ -126,9 +126,6 @@ def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
 
 
 DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
-
-
-DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
 DEFAULT_LOSSES = {"classification": "cross_entropy", "regression": "mse", "bandit": "td"}
 
 

@@ -68,9 +68,17 @@ def points(grid: str) -> list[Point]:
   return [dict(zip(names, combo)) for combo in itertools.product(*(v for _, v in fields))]
 
 
+def format_value(value: float) -> str:
+  """A grid value as labels show it: ``%g`` (``0.001``, ``1e-05``, ``1``) where
+  that reads back as the same number, else its exact ``repr``
+  (``0.0010000001``), so distinct values never share a label."""
+  short = f"{value:g}"
+  return short if float(short) == value else repr(float(value))
+
+
 def label(point: Point) -> str:
   """``"optimizer.learning_rate=0.001;shift_params.eps=0.1"``; ``""`` for the empty point."""
-  return ";".join(f"{k}={v:g}" for k, v in point.items())
+  return ";".join(f"{k}={format_value(v)}" for k, v in point.items())
 
 
 def apply_point(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:

@@ -23,6 +23,18 @@ def test_points_are_the_cartesian_product_first_field_slowest():
   assert grid.conditions(["a"], "") == ["a"]
 
 
+
+def test_values_that_print_alike_get_labels_of_their_own():
+  # %g keeps 6 digits: 0.0010000001 would print as 0.001, the other point's label.
+  pts = grid.points("optimizer.learning_rate=0.0010000001,0.001,1e-5;optimizer.b2=0.9999999")
+  labels = [grid.label(p) for p in pts]
+  assert labels == ["optimizer.learning_rate=0.0010000001;optimizer.b2=0.9999999",
+                    "optimizer.learning_rate=0.001;optimizer.b2=0.9999999",
+                    "optimizer.learning_rate=1e-05;optimizer.b2=0.9999999"]
+  for p, text in zip(pts, labels):  # every label reads back as its point
+    assert grid.points(text) == [p]
+
+
 @pytest.mark.parametrize("text, message", [
     ("model.width=16,32", "not a traced hyperparameter"),
     ("optimizer.learning_rate", "is not FIELD=V1,V2"),
