@@ -147,7 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.resets.perturb = 0.2
 
   config.probes = ml_collections.ConfigDict()
-  config.probes.enabled = True     # False: -1 in every probe column (timing runs).
+  config.probes.enabled = True     # False: NaN in every probe column (timing runs).
   config.probes.batch_size = 512   # Fixed probe batch: the first N training images.
   config.probes.dormant_tau = 0.025
   config.probes.srank_delta = 0.01

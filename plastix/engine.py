@@ -300,7 +300,11 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
                   within_task_histogram=jax.ShapeDtypeStruct(
                       (parts,) + shapes["preact_histogram"].shape,
                       shapes["preact_histogram"].dtype))
-    probe_values = jax.tree.map(lambda s: jnp.full(s.shape, -1, s.dtype), shapes)
+    # Not measured: NaN, as for an expensive probe's skipped tasks (summaries
+    # then say null, not a number); -1 in the integer histogram counts.
+    probe_values = jax.tree.map(
+        lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else -1,
+                           s.dtype), shapes)
   state, num_reset = _reset_at_task_end(spec, hp, data, state)
   metrics = TaskMetrics(train_loss=jnp.mean(step_losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),

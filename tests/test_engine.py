@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix import engine, from_config, interventions, runner
+from plastix import engine, from_config, interventions, results, runner
 
 
 def _setup(config, intervention="baseline"):
@@ -197,3 +197,17 @@ def test_bfloat16_matmuls_train(config):
   assert np.all(np.isfinite(metrics.train_loss)) and np.all(metrics.diverged_task == -1)
   assert np.all(metrics.train_loss[:, 0] < 0.7 * np.log(10))  # well below chance: it learns
   assert np.all(metrics.train_accuracy[:, 0] > 0.5)
+
+
+def test_probes_off_leave_every_probe_column_unmeasured(config):
+  config.probes.enabled = False
+  config.num_tasks = config.tasks_per_chunk = 2
+  m = runner.run_intervention(config, "baseline", *from_config.load_train_data(config))
+  assert np.isfinite(m.train_loss).all()
+  for name in ("dead_fraction", "param_norm", "effective_rank", "preact_drift", "sharpness"):
+    assert np.isnan(getattr(m, name)).all(), name
+  assert (m.preact_histogram == -1).all()  # integer counts cannot be NaN
+  rows = results.metrics_to_rows("baseline", m, list(range(config.num_seeds)))
+  summary = results.summarize(rows, ["baseline"])["interventions"]["baseline"]
+  assert summary["dead_fraction_final"] is None and summary["param_norm_final"] is None
+  assert summary["final_task_accuracy"] is not None
