@@ -596,10 +596,11 @@ def redo_layers(model: nn.Module) -> list[tuple[str, str]]:
 
   * dense or conv consumer: the input slices ``kernel[..., u, :]``;
   * a dense layer after the flatten of a conv map ``[H, W, C]``: the kernel
-    rows ``p * C + u`` for every position p (flatten is row-major);
-  * with "crelu" the consumer sees 2C inputs and unit u feeds both input u and
-    input C + u (at every position after a flatten, the rows ``p * 2C + u``
-    and ``p * 2C + C + u``).
+    rows ``p * C + u`` for every position p (flatten is row-major).
+
+  Not for "crelu", where unit u would feed two inputs of the consumer (u and
+  C + u): `resets.reset_masks` refuses it, as the config check refuses
+  ``redo`` with ``crelu``.
 
   Raises:
     ValueError: for `ResNet` and `ViT` (units write into residual streams).

@@ -132,7 +132,8 @@ def shrink_and_perturb(params, fresh_params, shrink: float | jax.Array,
     p <- p                                   (other leaves)
 
   ``shrink = 1, perturb = 0`` is the identity; ``shrink = 0, perturb = 1`` is a
-  full re-initialisation.
+  full re-initialisation of the parameters. Running statistics (batch and
+  hybrid norms' ``batch_stats``) are not parameters and are left as they are.
 
   Optimizer state: not an argument, so it is left as it is (Adam's ``mu``,
   ``nu`` and step count unchanged). This is the default here because every
@@ -327,7 +328,8 @@ def reset_units(optimizer: optax.GradientTransformation | None, params, opt_stat
   (1 and 0 for flax's LayerNorm). A reset unit whose outgoing weights are zero
   does not change the next layer's input, so when the reset units were dead
   on a batch the network's outputs on that batch are unchanged, exactly
-  (except through a LayerNorm, whose statistics mix all units of a layer).
+  (except through a LayerNorm, RMSNorm or hybrid norm, whose per-example
+  statistics mix all units of a layer).
 
   Optimizer state: every param-shaped statistic (Adam's ``mu`` and ``nu``) is
   zeroed on exactly ``I | O``, via `plastix.optim.reset_moments`; step counts
