@@ -35,7 +35,7 @@ class EngineSpec:
   accuracy_steps: int  # the last steps of each task averaged into train_accuracy.
   random_initial_labels: bool
   probe_settings: probe_suite.ProbeSettings
-  run_probes: bool = True  # False fills probe metrics with -1 (to time training alone).
+  run_probes: bool = True  # False: probe metrics NaN (integer counts -1), to time training alone.
   shift_params: shifts.ShiftParams = shifts.ShiftParams()
   image_shape: tuple[int, ...] = ()  # (H, W, C) of one example.
   loss: str = "cross_entropy"  # see `from_config.loss_name` and `objectives.task_loss`.
