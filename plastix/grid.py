@@ -1,10 +1,10 @@
 """Hyperparameter grids that train as one program, vmapped beside the seeds.
 
 The engine's traced hyperparameters (`engine.HParams`: learning rate, weight
-decay, Adam's b1/b2/eps, the shift's eps and the bandit's gamma) do not change the compiled program,
-so a grid over them needs no new compilation: every (grid point, seed) pair is
-one *run*, and the engine vmaps over a leading run axis of size
-``num_points * num_seeds`` (sharded over devices like the seeds).
+decay, Adam's b1/b2/eps, the shift's eps and the bandit's gamma) do not change
+the compiled program, so a grid over them needs no new compilation: every (grid
+point, seed) pair is one *run*, and the engine vmaps over a leading run axis of
+size ``num_points * num_seeds`` (sharded over devices like the seeds).
 
 A grid is written as a string, so it can be set from the command line::
 

@@ -173,13 +173,15 @@ def plasticity_loss(apply_fn: ApplyFn, init_fn: InitFn, optimizer: optax.Gradien
 
   Each network's targets are centred on its own mean prediction. The two
   networks run as one vmapped program, so passing ``params == fresh`` (and,
-  with a state, ``model_state`` equal to the fresh one's) gives exactly 0. `apply_fn`, `init_fn`, `optimizer`, `num_targets`, `num_steps`
-  and `batch_size` are static (close over them under jit); `params`, `x`,
-  `key` and `omega` may be traced and vmapped over seeds. Cost: about
+  with a state, ``model_state`` equal to the fresh one's) gives exactly 0.
+  `apply_fn`, `init_fn`, `optimizer`, `num_targets`, `num_steps` and
+  `batch_size` are static (close over them under jit); `params`, `x`, `key`,
+  `omega` and `model_state` may be traced and vmapped over seeds. Cost: about
   ``2 * num_targets * num_steps`` optimizer steps.
 
   Args:
-    apply_fn: ``apply_fn(params, x) -> [batch, outputs]``.
+    apply_fn: ``apply_fn(params, x) -> [batch, outputs]`` (with `model_state`:
+      ``apply_fn(params, x, model_state)``).
     init_fn: ``init_fn(key) -> params`` for a fresh network of the same
       architecture (``-> (params, model_state)`` with `model_state`).
     optimizer: the training optimizer (a fresh state is made for every fit).
