@@ -53,8 +53,10 @@ def _set_from_params(section: str, field: str, param: str, config):
 
 
 def _add_reset(name: str, config):
+  """Adds reset `name` to ``resets.methods`` unless the config runs it already."""
   methods = config.resets.methods.strip()
-  config.resets.methods = f"{methods}+{name}" if methods else name
+  if name not in (p.strip() for p in methods.split("+")):
+    config.resets.methods = f"{methods}+{name}" if methods else name
   return config
 
 

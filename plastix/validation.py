@@ -169,6 +169,9 @@ def _validate_resets(config: ml_collections.ConfigDict) -> None:
     if name not in resets.METHODS:
       raise ConfigError("resets.methods", f"unknown reset {name!r}; choose from "
                         f"{', '.join(resets.METHODS)} (combine with '+')")
+  for name in set(names):
+    if names.count(name) > 1:
+      raise ConfigError("resets.methods", f"lists {name!r} twice")
   if "redo" in names and config.model.name not in REDO_MODELS:
     raise ConfigError("model.name", f"ReDo needs one of {', '.join(REDO_MODELS)} (units of "
                       f"{config.model.name} write into residual streams)")

@@ -145,6 +145,16 @@ def test_bad_combinations_are_refused_by_name():
   assert models.redo_layers  # the supported models come from the models module
 
 
+def test_a_reset_intervention_on_a_config_that_runs_it_already_runs_it_once():
+  config = tiny_config()
+  config.resets.methods = "redo"
+  assert interventions.apply(config, "redo").resets.methods == "redo"
+  assert interventions.apply(config, "head_reset+redo").resets.methods == "redo+head_reset"
+  config.resets.methods = "redo+redo"
+  with pytest.raises(validation.ConfigError, match="resets.methods: lists 'redo' twice"):
+    validation.validate(config)
+
+
 @pytest.mark.parametrize("shift, loss", [("contextual_bandit", "auto"),
                                          ("random_targets", "auto"), ("label_reset", "mse")])
 def test_label_smoothing_is_refused_where_there_is_no_cross_entropy_to_smooth(shift, loss):
