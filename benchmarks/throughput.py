@@ -710,10 +710,13 @@ def paired_rounds(modes, width: int, num_seeds: int, steps: int, rounds: int,
 
 def paired_ratio(cells: dict, slow: str, fast: str):
   """``(median, min, max)`` over rounds of ``time[slow] / time[fast]`` in the same
-  round: how many times faster `fast` ran than `slow`; None if either is missing."""
+  round: how many times faster `fast` ran than `slow`, over the rounds both
+  finished; None if either is missing or they share no finished round."""
   if "times" not in cells.get(slow, {}) or "times" not in cells.get(fast, {}):
     return None
   ratios = [s / f for s, f in zip(cells[slow]["times"], cells[fast]["times"])]
+  if not ratios:  # a mode that failed in its first round
+    return None
   return statistics.median(ratios), min(ratios), max(ratios)
 
 
@@ -738,6 +741,11 @@ def _one_shot(mode: str, width: int = 0, num_seeds: int = 1, num_tasks: int = 2)
 
 def _default_modes(backend: str) -> list[str]:
   return list(DEFAULT_MODES["cpu" if backend == "cpu" else "accelerator"])
+
+
+def _format_mib(mib) -> str:
+  """Peak memory in MiB; n/a for a worker that did not report it (no reply on exit)."""
+  return "n/a" if mib is None else f"{mib:.0f}"
 
 
 def _format_ratio(ratio, percent: bool = False) -> str:
@@ -791,7 +799,7 @@ def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float
     lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | {c.get('devices', '')} | "
                  f"{rate:.0f} | {vs('torch')} | {vs('torch_fused')} | "
                  f"{vs('jax_loop')} | {vs('matmul_floor', percent=True)} | {100 * mfu:.1f}% | "
-                 f"{c['compile_s']:.2f} | {c['peak_rss_mib']:.0f} |")
+                 f"{c['compile_s']:.2f} | {_format_mib(c.get('peak_rss_mib'))} |")
   cost = paired_ratio(cells, "engine", "engine_noprobe")
   if cost is not None:
     median, low, high = (100 * (r - 1) for r in cost)
@@ -825,7 +833,9 @@ def main(argv):
     devices = jax.devices()
     _say({"flops": matmul_peak_flops(), "backend": jax.default_backend(), "jax": jax.__version__,
           "devices": len(devices), "device_kind": devices[0].device_kind,
-          "cpu": cpu_model(), "cores": sharding.host_cores()})
+          "cpu": cpu_model(), "cores": sharding.host_cores(),
+          # JAX's float32 matmul precision: "default" may be TF32 on a GPU.
+          "jax_matmul_precision": str(jax.config.jax_default_matmul_precision or "default")})
     return
   if _MODE.value == "scaling":
     _say(task_scaling(_WIDTH.value, _NSEEDS.value))
@@ -879,7 +889,8 @@ def main(argv):
   torch_info = next((c for _, _, _, cells in rows for m, c in cells.items()
                      if m == "torch" and "torch" in c), {})
   print(f"machine: {platform.machine()}, {machine['cpu']}, {machine['cores']} cores; "
-        f"JAX {machine['jax']} on {machine['devices']} x {machine['device_kind']}"
+        f"JAX {machine['jax']} on {machine['devices']} x {machine['device_kind']} "
+        f"(float32 matmul precision {machine['jax_matmul_precision']})"
         + (f"; torch {torch_info['torch']} on {torch_info['torch_device']} "
            f"({torch_info['torch_threads']} threads, float32 matmul precision "
            f"{torch_info['torch_matmul_precision']})" if torch_info else "")

@@ -41,6 +41,10 @@ def test_paired_ratio_is_the_median_of_ratios_within_each_round():
   assert median != 5.0 / 2.0
   assert throughput.paired_ratio(cells, "torch", "jax_loop") is None
   assert throughput.paired_ratio(cells, "torch", "missing") is None
+  # A mode that failed in its first round has no round to pair with.
+  cells["torch_fused"] = {"times": [], "error": "round 1: boom"}
+  assert throughput.paired_ratio(cells, "torch_fused", "engine") is None
+  assert throughput.paired_ratio(cells, "engine", "torch_fused") is None
 
 
 def test_round_order_rotates_and_reverses():
@@ -162,6 +166,14 @@ def test_table_rows_put_each_paired_ratio_in_its_column():
   assert not any("unsteady" in line for line in lines)  # every mode within 1.5x
   del cells["engine"]["devices"]  # an engine on one device: no split to report
   assert not any("CPU split" in line for line in throughput.table_lines(32, 2, 300, cells, 1e12))
+  # A reference mode that failed in round 1, and a worker that never reported
+  # its memory: n/a in their cells, the rest of the table as before.
+  cells["torch"] = {"times": [], "error": "round 1: boom", "compile_s": 0.0}
+  del cells["jax_loop"]["peak_rss_mib"]
+  rows = {line.split("|")[4].strip(): line
+          for line in throughput.table_lines(32, 2, 300, cells, 1e12)}
+  assert "| n/a |" in rows["engine"] and "n/a (round 1: boom)" in rows["torch"]
+  assert rows["jax_loop"].rstrip(" |").endswith("n/a")
 
 
 def test_model_flops_count_every_layer_forward_and_backward():
