@@ -21,6 +21,7 @@ from plastix import probe_suite
 from plastix import resets
 from plastix import sharding
 from plastix import shifts
+from plastix import validation
 from plastix.data import preprocess
 from plastix.engine_types import EngineSpec, HParams, TrainData
 
@@ -30,9 +31,15 @@ def load_train_data(config: ml_collections.ConfigDict,
   """The config's training examples and probe batch as device arrays, and the class count.
 
   `ds` is the config's training split when the caller has loaded it already.
+
+  Raises:
+    plastix.validation.ConfigError: the config does not fit the split
+      (`validation.validate_against_data`: e.g. more examples than it holds).
   """
   if ds is None:
     ds = load_dataset(config, "train")
+  validation.validate_against_data(config, ds.images.shape[0], ds.num_classes,
+                                   ds.images.shape[1:])
   n = config.num_examples or ds.images.shape[0]
   images = ds.images[:n]
   mean, std = 0.0, 1.0  # [0, 1] scaling: no extra work in the step.

@@ -2,8 +2,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from plastix import engine, from_config, interventions, results, runner
+from plastix import engine, from_config, interventions, results, runner, validation
 
 
 def _setup(config, intervention="baseline"):
@@ -211,3 +212,14 @@ def test_probes_off_leave_every_probe_column_unmeasured(config):
   summary = results.summarize(rows, ["baseline"])["interventions"]["baseline"]
   assert summary["dead_fraction_final"] is None and summary["param_norm_final"] is None
   assert summary["final_task_accuracy"] is not None
+
+
+def test_train_data_refuses_more_examples_than_the_split_holds(config):
+  # Sliced to the split's 10,000 rows and reshaped to 20,000, the images would
+  # silently come out half as wide, unmatched with their labels.
+  config.num_examples = 20000
+  with pytest.raises(validation.ConfigError, match="config.num_examples: 20000 is more than"):
+    from_config.load_train_data(config)
+  config.num_examples = 1000
+  data, _ = from_config.load_train_data(config)
+  chex.assert_shape([data.images, data.labels], [(1000, 784), (1000,)])
