@@ -315,12 +315,15 @@ def main(argv):
     histograms = results.histogram_arrays(by_condition, edges)
     results.write_npz(os.path.join(workdir, "histograms.npz"), histograms)
     plotting.plot_mechanisms(rows, conditions, workdir, title=title)
+    # The figures sum the seeds that never diverged, as the curves average them.
+    diverged = {c: results.diverged_seeds(rows, c) for c in conditions}
     plotting.plot_histograms(histograms, conditions,
-                             os.path.join(workdir, "preactivation_histograms.png"))
+                             os.path.join(workdir, "preactivation_histograms.png"),
+                             exclude=diverged)
     if config.probes.within_task_every:
       plotting.plot_within_task_histograms(
           histograms, conditions, config.probes.within_task_every,
-          os.path.join(workdir, "within_task_histograms.png"))
+          os.path.join(workdir, "within_task_histograms.png"), exclude=diverged)
   print(f"\n{results.format_table(summary)}\n")
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -129,32 +129,45 @@ def _histogram_grid(edges, panels, path: str, color: str, panel_width: float) ->
   _save(fig, path)
 
 
+def _kept_seeds(counts: np.ndarray, name: str, exclude: Mapping[str, np.ndarray] | None):
+  """`counts` ``[seed, ...]`` without the seeds `exclude` marks for condition `name`."""
+  if exclude is None or name not in exclude:
+    return counts
+  return counts[~np.asarray(exclude[name], bool)]
+
+
 def plot_histograms(histograms: dict, interventions: Sequence[str], path: str,
-                    num_times: int = 4) -> None:
+                    num_times: int = 4, exclude: Mapping[str, np.ndarray] | None = None) -> None:
   """Per condition (rows) the first layer's histogram of per-unit mean
   preactivations at `num_times` task ends spread over the run (columns),
-  summed over seeds: how the preactivation distribution drifts."""
+  summed over seeds: how the preactivation distribution drifts. `exclude`
+  (condition -> ``[seeds]`` bools, e.g. `results.diverged_seeds`) leaves
+  seeds out of the sums, as the curves leave out diverged seeds."""
   names = [n for n in interventions if n in histograms]
   if not names:
     return
   num_tasks = histograms[names[0]].shape[1]
   times = sorted(set(np.linspace(0, num_tasks - 1, num_times).round().astype(int)))
-  panels = [[(histograms[name][:, t, 0].sum(axis=0), f"{name}, task {t}") for t in times]
+  panels = [[(_kept_seeds(histograms[name], name, exclude)[:, t, 0].sum(axis=0),
+              f"{name}, task {t}") for t in times]
             for name in names]
   _histogram_grid(histograms["edges"], panels, path, color="C0", panel_width=3.2)
 
 
 def plot_within_task_histograms(histograms: dict, interventions: Sequence[str],
-                                every: int, path: str, task: int = -1) -> None:
+                                every: int, path: str, task: int = -1,
+                                exclude: Mapping[str, np.ndarray] | None = None) -> None:
   """Per condition (rows) the first layer's histogram of per-unit mean
   preactivations after every `every` steps of one task (columns; default the
-  last), summed over seeds: the drift after a task switch."""
+  last), summed over seeds (less those `exclude` marks, as in
+  `plot_histograms`): the drift after a task switch."""
   names = [n for n in interventions if f"{n}/within_task" in histograms]
   if not names:
     return
   panels = []
   for name in names:
-    counts = histograms[f"{name}/within_task"][:, task]  # [seed, part, layer, bin]
+    counts = _kept_seeds(histograms[f"{name}/within_task"], name, exclude)[:, task]
+    # counts: [seed, part, layer, bin]
     label = task if task >= 0 else histograms[name].shape[1] + task
     panels.append([(counts[:, j, 0].sum(axis=0), f"{name}, task {label}, step {(j + 1) * every}")
                    for j in range(counts.shape[1])])

@@ -4,6 +4,7 @@ import math
 import warnings
 
 import matplotlib
+import numpy as np
 import pytest
 
 matplotlib.use("Agg")
@@ -71,3 +72,25 @@ def test_a_figure_takes_the_format_of_its_extension(tmp_path):
     plotting.plot_panels(_rows(), ["baseline"], [("train_accuracy", "accuracy")],
                          str(tmp_path / name))
     assert (tmp_path / name).read_bytes().startswith(magic), name
+
+
+def test_histogram_figures_sum_the_seeds_not_excluded(tmp_path, monkeypatch):
+  grids = []
+  monkeypatch.setattr(plotting, "_histogram_grid",
+                      lambda edges, panels, path, **_: grids.append(panels))
+  # 3 seeds, 2 tasks, 1 layer, 2 bins; seed s puts 10**s units in bin 0.
+  counts = np.zeros((3, 2, 1, 2), np.int32)
+  counts[:, :, 0, 0] = np.array([1, 10, 100])[:, None]
+  within = np.zeros((3, 2, 2, 1, 2), np.int32)
+  within[:, :, :, 0, 1] = np.array([1, 10, 100])[:, None, None]
+  histograms = {"edges": np.array([0.0, 1.0, 2.0]), "a": counts, "a/within_task": within}
+  diverged = {"a": np.array([False, True, False])}
+  plotting.plot_histograms(histograms, ["a"], str(tmp_path / "h.png"), num_times=2,
+                           exclude=diverged)
+  plotting.plot_histograms(histograms, ["a"], str(tmp_path / "h.png"), num_times=2)
+  plotting.plot_within_task_histograms(histograms, ["a"], 5, str(tmp_path / "w.png"),
+                                       exclude=diverged)
+  kept, every_seed, within_kept = grids
+  assert [list(c) for c, _ in kept[0]] == [[101, 0], [101, 0]]  # seed 1 left out
+  assert [list(c) for c, _ in every_seed[0]] == [[111, 0], [111, 0]]
+  assert [list(c) for c, _ in within_kept[0]] == [[0, 101], [0, 101]]
