@@ -169,7 +169,7 @@ def _validate_resets(config: ml_collections.ConfigDict) -> None:
     if name not in resets.METHODS:
       raise ConfigError("resets.methods", f"unknown reset {name!r}; choose from "
                         f"{', '.join(resets.METHODS)} (combine with '+')")
-  for name in set(names):
+  for name in names:
     if names.count(name) > 1:
       raise ConfigError("resets.methods", f"lists {name!r} twice")
   if "redo" in names and config.model.name not in REDO_MODELS:
