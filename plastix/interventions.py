@@ -34,6 +34,7 @@ from typing import Callable
 import ml_collections
 
 from plastix import composite
+from plastix import resets
 
 Edit = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
@@ -55,7 +56,7 @@ def _set_from_params(section: str, field: str, param: str, config):
 def _add_reset(name: str, config):
   """Adds reset `name` to ``resets.methods`` unless the config runs it already."""
   methods = config.resets.methods.strip()
-  if name not in (p.strip() for p in methods.split("+")):
+  if name not in resets.parse_methods(methods):
     config.resets.methods = f"{methods}+{name}" if methods else name
   return config
 
