@@ -121,11 +121,11 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "must be in [0, 1)")
   _check(config, "optimizer.eps", lambda v: v > 0, "must be > 0")
   _validate_shift_params(config)
-  losses = LOSSES[shifts.objective(config.shift)]
-  _check(config, "loss.name", _in(losses), f"choose one of {', '.join(losses)} for "
-         f"{shifts.objective(config.shift)} (shift {config.shift!r})")
-  _check(config, "loss.label_smoothing", lambda v: 0 <= v <= 1, "must be in [0, 1]")
   objective = shifts.objective(config.shift)
+  losses = LOSSES[objective]
+  _check(config, "loss.name", _in(losses), f"choose one of {', '.join(losses)} for "
+         f"{objective} (shift {config.shift!r})")
+  _check(config, "loss.label_smoothing", lambda v: 0 <= v <= 1, "must be in [0, 1]")
   if config.loss.label_smoothing and (objective != "classification"
                                       or config.loss.name == "mse"):
     why = {"bandit": f"shift {config.shift!r} trains a squared TD error",
