@@ -28,7 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.shift = "label_reset"
   config.shift_params = ml_collections.ConfigDict()
   config.shift_params.eps = 1.0                  # label_reset: fraction relabelled.
-  config.shift_params.initial_labels = "random"  # Task 0: "random" or "true" labels.
+  # Task 0's labels: "auto" (random for a sequence with a label_reset, the
+  # dataset's true labels for every other shift), "true" or "random".
+  config.shift_params.initial_labels = "auto"
   # Parameters of the other shifts (see plastix/shifts.py for each definition).
   config.shift_params.noise_std = 0.1           # input_noise: std of the noise image.
   config.shift_params.noise_start = 0.0         # noisy_labels: rate on the first task,
@@ -153,6 +155,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.probes.srank_delta = 0.01
   config.probes.linearized_threshold = 0.1  # Smooth units: preactivation std below this.
   config.probes.top_singular_values = 4     # Of the penultimate features.
+  # test_accuracy / test_loss at every task end on the first N images of the
+  # test split (class-balanced for the embedded set); 0 = not measured.
+  config.probes.test_examples = 1000
   # Every N steps within a task (N divides steps_per_task; 0 = only at task ends):
   # drift of per-unit mean preactivations since the task's start, and histograms.
   config.probes.within_task_every = 0

@@ -37,19 +37,16 @@ import time
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/shift.py",
-                                          "Experiment config file.")
+from experiments import cli
+
+_CONFIG = cli.define_config_flag("shift.py", "Experiment config file (default: the "
+                                 "package's configs/shift.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output folder (default runs/<config.name>-<timestamp>).")
 
-USAGE_ERROR = 2
-
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(USAGE_ERROR)
+USAGE_ERROR = cli.USAGE_ERROR
+_fail = cli.fail
 
 
 def _parse_flags(argv):
@@ -210,6 +207,10 @@ def main(argv):
     train_split = from_config.load_dataset(config, "train")
     validation.validate_against_data(config, len(train_split.labels),
                                      train_split.num_classes, train_split.images.shape[1:])
+    test_split = None
+    if from_config.test_examples(config):
+      test_split = from_config.load_dataset(config, "test")
+      validation.validate_against_test(config, len(test_split.labels))
   except (validation.ConfigError, data_lib.DataError) as e:
     _fail(str(e))
 
@@ -276,7 +277,7 @@ def main(argv):
     saved_info.setdefault("resumes", []).append(resume)
     results.write_json(os.path.join(workdir, "run_info.json"), saved_info)
 
-  data, num_classes = from_config.load_train_data(config, train_split)
+  data, num_classes = from_config.load_train_data(config, train_split, test_split)
   grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""
   say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
       f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "

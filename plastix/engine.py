@@ -283,9 +283,12 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   def probe_fn():
     # Without probes there are no reference means (only shapes are traced then).
     reference = state.reference_means if spec.run_probes else None
+    test_accuracy, test_loss = objectives.held_out_metrics(
+        spec, state.params, state.model_state, state.task, data, state.task_index)
     return {**probe(spec, state.params, state.task, data, state.model_state,
                     reference, state.initial_layer_norms),
-            **expensive_probes(spec, hp, data, state, task_number)}
+            **expensive_probes(spec, hp, data, state, task_number),
+            "test_accuracy": test_accuracy, "test_loss": test_loss}
 
   if spec.run_probes:
     probe_values = dict(probe_fn())
@@ -310,6 +313,7 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
                         train_accuracy=jnp.mean(accuracies[window]),
                         diverged_task=state.diverged_task,
                         diverged_step=state.diverged_step, num_reset=num_reset,
+                        target_clipped_fraction=objectives.clipped_fraction(spec, state.task),
                         **probe_values)
   next_index = state.task_index + 1
   next_task = _shift(spec, hp, data).switch(_stream(state.rng, _TASK_STREAM, next_index),

@@ -93,6 +93,10 @@ class TrainData:
   std: jax.Array | float = 1.0
   standardize: bool = flax.struct.field(pytree_node=False, default=False)
   image_shape: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())  # (H, W, C)
+  # Held-out examples (the dataset's test split) for test_accuracy / test_loss;
+  # None: not measured.
+  test_images: jax.Array | None = None  # uint8 [M, D], flattened.
+  test_labels: jax.Array | None = None  # int32 [M], the dataset's labels.
 
 
 @flax.struct.dataclass
@@ -124,6 +128,9 @@ class TaskMetrics(NamedTuple):
   """Per-task metrics; under the engine's scans each gains [seed, task] axes."""
   train_loss: jax.Array           # mean minibatch loss over the last accuracy_steps.
   train_accuracy: jax.Array       # mean minibatch accuracy over the same steps.
+  test_accuracy: jax.Array        # on held-out examples at the task's end (NaN: undefined).
+  test_loss: jax.Array            # the task's loss on the same examples.
+  target_clipped_fraction: jax.Array  # regression targets outside a distributional support.
   dead_fraction: jax.Array        # dormant fraction at tau = 0, all hidden units.
   dormant_fraction: jax.Array     # dormant fraction at probes.dormant_tau.
   linearized_fraction: jax.Array  # ReLU units positive on the whole probe batch.

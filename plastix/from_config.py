@@ -27,19 +27,30 @@ from plastix.engine_types import EngineSpec, HParams, TrainData
 
 
 def load_train_data(config: ml_collections.ConfigDict,
-                    ds: data_lib.Dataset | None = None) -> tuple[TrainData, int]:
-  """The config's training examples and probe batch as device arrays, and the class count.
+                    ds: data_lib.Dataset | None = None,
+                    test: data_lib.Dataset | None = None) -> tuple[TrainData, int]:
+  """The config's training examples, probe batch and held-out examples as
+  device arrays, and the class count.
 
-  `ds` is the config's training split when the caller has loaded it already.
+  `ds` and `test` are the config's training and test splits when the caller
+  has loaded them already. The held-out examples are the first
+  ``probes.test_examples`` of the test split (class-balanced for the embedded
+  set), standardised like the training images; none with 0.
 
   Raises:
     plastix.validation.ConfigError: the config does not fit the split
       (`validation.validate_against_data`: e.g. more examples than it holds).
+    plastix.data.DataError: a split cannot be loaded.
   """
   if ds is None:
     ds = load_dataset(config, "train")
   validation.validate_against_data(config, ds.images.shape[0], ds.num_classes,
                                    ds.images.shape[1:])
+  m = test_examples(config)
+  if m and test is None:
+    test = load_dataset(config, "test")
+  if m:
+    validation.validate_against_test(config, test.images.shape[0])
   n = config.num_examples or ds.images.shape[0]
   images = ds.images[:n]
   mean, std = 0.0, 1.0  # [0, 1] scaling: no extra work in the step.
@@ -48,11 +59,22 @@ def load_train_data(config: ml_collections.ConfigDict,
     per_dim = lambda v: jnp.asarray(np.tile(v, pixels), jnp.float32)  # HWC order
     mean, std = (per_dim(v) for v in preprocess.channel_stats(images))
   probe_index = np.arange(min(config.probes.batch_size, n), dtype=np.int32)
+  held_out = {}
+  if m:
+    held_out = dict(test_images=jnp.asarray(test.images[:m].reshape(m, -1)),
+                    test_labels=jnp.asarray(test.labels[:m].astype(np.int32)))
   return TrainData(images=jnp.asarray(images.reshape(n, -1)),
                    labels=jnp.asarray(ds.labels[:n]),
                    probe_index=jnp.asarray(probe_index), mean=mean, std=std,
                    standardize=config.normalization == "standardize",
-                   image_shape=tuple(int(d) for d in ds.images.shape[1:])), ds.num_classes
+                   image_shape=tuple(int(d) for d in ds.images.shape[1:]),
+                   **held_out), ds.num_classes
+
+
+def test_examples(config: ml_collections.ConfigDict) -> int:
+  """How many held-out examples the run measures (``probes.test_examples``;
+  0 without probes)."""
+  return int(config.probes.get("test_examples", 0)) if config.probes.enabled else 0
 
 
 # config.cpu_devices = 0 splits the host only for these models, where the split
@@ -169,7 +191,8 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       num_classes=num_classes, input_dim=input_dim,
       steps_per_task=config.steps_per_task, batch_size=config.batch_size,
       accuracy_steps=accuracy_steps(config),
-      random_initial_labels=config.shift_params.initial_labels == "random",
+      random_initial_labels=shifts.initial_labels_random(config.shift,
+                                                         config.shift_params.initial_labels),
       probe_settings=probe_settings(config),
       run_probes=bool(config.probes.enabled),
       shift_params=shift_params(config), image_shape=tuple(image_shape),

@@ -152,3 +152,65 @@ def probe_loss_fn(spec: EngineSpec, model_state, target_scale):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
 
   return loss
+
+
+def held_out_metrics(spec: EngineSpec, params, model_state, task: shifts.Task,
+                     data: TrainData, task_index) -> tuple[jax.Array, jax.Array]:
+  """``(test_accuracy, test_loss)`` of the network on the held-out examples under `task`.
+
+  The held-out inputs take the task's input transform (`shifts.held_out_inputs`)
+  and the network runs in evaluation mode. By objective:
+
+  * classification: a held-out example of dataset class y has label
+    ``class_map[y]`` and counts where its class is in play
+    (`shifts.held_out_labels`); accuracy is that of the argmax and the loss
+    the task's, without regularisers or label smoothing (cross-entropy, or the
+    squared error to ``target_scale * onehot`` for ``loss = "mse"``), both
+    averaged over the counted examples:
+    ``sum_i w_i l_i / sum_i w_i``. Both are NaN where labels are random per
+    example (no label map) or no class is in play.
+  * bandit: the same accuracy (the greedy action is the rewarded class) and
+    the squared error of every action's value to its reward ``1[a = y]`` (the
+    TD target with gamma = 0, as `probe_loss_fn`).
+  * regression: the held-out targets are the task's random network on the
+    held-out inputs, standardised with the training set's statistics
+    (`shifts.regression_targets` with ``held_out``) and scaled by
+    ``target_scale``; the loss is the training loss (MSE, or a distributional
+    head's cross-entropy) and the accuracy NaN.
+
+  NaN for both without held-out examples (``data.test_images`` None).
+  """
+  nan = jnp.float32(jnp.nan)
+  if data.test_images is None:
+    return nan, nan
+  raw = model_inputs(data.test_images, data)
+  x = shifts.held_out_inputs(task, raw)
+  out, _ = apply_model(spec, params, model_state, x, train=False)
+  out = out.astype(jnp.float32)
+  if spec.objective == "regression":
+    train = model_inputs(data.images, data)
+    targets = shifts.regression_targets(task.target_key, task_index, train,
+                                        spec.shift_params, held_out=raw)
+    return nan, regression_loss(spec, out, targets * task.target_scale)
+  labels, weights = shifts.held_out_labels(task, data.test_labels)
+  onehot = jax.nn.one_hot(labels, out.shape[-1], dtype=out.dtype)
+  if spec.objective == "bandit":
+    per_example = losses.mse(out, onehot)
+  elif spec.loss == "mse":
+    per_example = losses.mse(out, task.target_scale * onehot)
+  else:
+    per_example = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+  correct = (jnp.argmax(out, -1) == labels).astype(jnp.float32)
+  total = jnp.sum(weights)
+  return jnp.sum(weights * correct) / total, jnp.sum(weights * per_example) / total
+
+
+def clipped_fraction(spec: EngineSpec, task: shifts.Task) -> jax.Array:
+  """Fraction of the task's regression targets (times ``target_scale``) outside
+  a distributional head's support ``[support[0], support[-1]]``, where they are
+  clipped; NaN without a support (other losses never clip)."""
+  if spec.objective != "regression" or not spec.support:
+    return jnp.float32(jnp.nan)
+  y = task.targets * task.target_scale
+  outside = (y < spec.support[0]) | (y > spec.support[-1])
+  return jnp.mean(outside.astype(jnp.float32))

@@ -26,6 +26,9 @@ BASE_COLUMNS = (
 SUMMARY_KEYS = ("first_task_accuracy", "final_task_accuracy", "plasticity_loss",
                 "dead_fraction_final", "param_norm_final")
 LAST_TASKS = 3  # plasticity_loss compares task 0 with the mean of this many last tasks.
+# Held-out means in summary.json, each with its spread over seeds (_std).
+HELD_OUT_KEYS = ("first_task_test_accuracy", "final_task_test_accuracy",
+                 "first_task_test_loss", "final_task_test_loss")
 STD_SUFFIX = "_std"  # summary.json's spread over seeds of a SUMMARY_KEYS entry.
 
 
@@ -257,12 +260,20 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   * first_task_accuracy: train_accuracy on task 0;
   * final_task_accuracy: train_accuracy on the last task;
   * plasticity_loss: first_task_accuracy - mean train_accuracy over the last
-    three tasks (computed per seed, then averaged);
+    ``k = min(3, T - 1)`` tasks of T (computed per seed, then averaged): the
+    last three tasks, or with 2-3 tasks every task after task 0, which the
+    window never includes; null for a 1-task run. ``plasticity_loss_tasks``
+    says k;
   * dead_fraction_final, param_norm_final: on the last task;
   * first_task_loss, final_task_loss: train_loss on task 0 and the last task
     (the measure for regression, whose accuracy is undefined: null);
 
-  each of the first five with its spread over seeds ``<key>_std``, the
+  * first_task_test_accuracy, final_task_test_accuracy, first_task_test_loss,
+    final_task_test_loss: test_accuracy and test_loss (held-out examples) on
+    task 0 and the last task (null where undefined or not measured);
+
+  each of the first five and the four held-out values with its spread over
+  seeds ``<key>_std``, the
   standard deviation ``sqrt(mean_s (v_s - mean v)^2)`` (ddof 0: how far these
   seeds lie apart, not a standard error), plus ``num_seeds`` and the seeds that
   diverged (``num_diverged``, and ``diverged``: seed, task, step each). Means
@@ -277,8 +288,9 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
     ok = ~diverged_seeds(rows, name)
     curve = lambda key, name=name: healthy_curves(rows, name, key)
     acc = curve("train_accuracy")
-    last = acc[:, -min(LAST_TASKS, acc.shape[1]):].mean(axis=1)
-    loss = acc[:, 0] - last
+    window = min(LAST_TASKS, acc.shape[1] - 1)
+    loss = (acc[:, 0] - acc[:, -window:].mean(axis=1) if window
+            else np.full(acc.shape[0], np.nan))
     per_seed = {
         "first_task_accuracy": acc[:, 0],
         "final_task_accuracy": acc[:, -1],
@@ -287,11 +299,20 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
         "param_norm_final": curve("param_norm")[:, -1],
     }
     assert tuple(per_seed) == SUMMARY_KEYS
+    held_out = {}
+    if rows and "test_accuracy" in rows[0]:
+      for key in ("test_accuracy", "test_loss"):
+        values = curve(key)
+        held_out[f"first_task_{key}"], held_out[f"final_task_{key}"] = (
+            values[:, 0], values[:, -1])
     out[name] = {
         **{key: _mean(values) for key, values in per_seed.items()},
         "first_task_loss": _mean(curve("train_loss")[:, 0]),
         "final_task_loss": _mean(curve("train_loss")[:, -1]),
         **{key + STD_SUFFIX: _std(values) for key, values in per_seed.items()},
+        **{key: _mean(values) for key, values in held_out.items()},
+        **{key + STD_SUFFIX: _std(values) for key, values in held_out.items()},
+        "plasticity_loss_tasks": int(window),
         "num_seeds": len(seeds),
         "num_tasks": int(acc.shape[1]),
         "num_diverged": int((~ok).sum()),

@@ -22,8 +22,9 @@ Shifts (names usable in configs; parameters are ``config.shift_params``):
                       (a new label may equal the old one, so about
                       ``1 - 1/C`` change); the abruptness sweep uses eps in
                       [0.01, 1].
-``class_permutation`` Class swap: labels become ``pi[y]`` for the dataset's
-                      label y and a fresh permutation pi of the classes.
+``class_permutation`` Class swap: every label l becomes ``pi[l]`` for a fresh
+                      permutation pi of the classes (and the label map
+                      ``pi o class_map``).
 ``pixel_permutation`` Input transformation (permuted MNIST): a fresh random
                       permutation of the flattened input.
 ``rotation_flip``     Input transformation: a fresh uniformly random element
@@ -34,8 +35,9 @@ Shifts (names usable in configs; parameters are ``config.shift_params``):
 ``input_noise``       Input transformation: a fresh fixed noise image
                       ``n ~ N(0, noise_std^2)`` per task, added to every input.
 ``noisy_labels``      Label noise whose rate changes over tasks: task t shows
-                      the dataset's label, except that each example has, with
-                      probability ``r_t``, a uniform random label;
+                      the clean label ``class_map[y]``, except that each
+                      example has, with probability ``r_t``, a uniform random
+                      label;
                       ``r_t = noise_start + (noise_end - noise_start) * t /
                       (num_tasks - 1)``.
 ``class_incremental`` Growing tasks: task t trains on the examples of the
@@ -63,11 +65,20 @@ Shifts (names usable in configs; parameters are ``config.shift_params``):
                       TD target with discount ``gamma`` (see the engine); the
                       labels keep shifting with the other parts.
 ``gradual``           Gradual drift: instead of switching at the task boundary,
-                      each example's label and target, and each input
-                      position's source pixel, moves from the previous task to
-                      the new one at its own step, uniform in
-                      ``[0, drift_steps)`` of the new task.
+                      each example's label, target and target scale, and each
+                      input position's source pixel and noise offset, moves
+                      from the previous task to the new one at its own step,
+                      uniform in ``[0, drift_steps)`` of the new task.
 ===================== ========================================================
+
+Composites act in order: every part receives what the part before it produced
+(the first, the previous task). Task 0 (`initial_task`) has the dataset's
+labels, or random ones (``initial_labels_random``: by default for a sequence
+with a ``label_reset``). A task also carries its label map ``class_map`` (a
+clean example of class y has label ``class_map[y]`` while ``mapped``: no label
+made random per example) and the classes in play, from which held-out labels
+are defined (`held_out_labels`). `parse_shift` and `check_initial_labels`
+refuse the combinations without a meaning.
 
 ``label_reset+pixel_permutation+target_scale`` is the composite sequence of
 the paper (input shift, label reset, growing target scale).
@@ -103,6 +114,15 @@ class Task(NamedTuple):
   prev_targets: jax.Array       # float32 [N, R].
   switch_step: jax.Array        # int32 [N]: step at which example i takes the new label.
   pixel_switch_step: jax.Array  # int32 [D]: step at which position j takes the new pixel.
+  prev_input_offset: jax.Array  # float32 [D]: the previous task's, for gradual drift.
+  prev_target_scale: jax.Array  # float32 []: the previous task's, for gradual drift.
+  # The label map: a clean example of dataset class y has label class_map[y]
+  # wherever `mapped` (no per-example random label so far); noisy_labels
+  # corrupts training labels only. Held-out labels are defined by it.
+  class_map: jax.Array          # int32 [C].
+  mapped: jax.Array             # bool []: training labels (before noise) are class_map[y].
+  class_active: jax.Array       # bool [C]: the classes in play (class_incremental).
+  target_key: jax.Array         # uint32 [2]: the random_targets network's key.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,15 +172,25 @@ def label_reset(key, task_index, base: Task, ctx: ShiftContext) -> Task:
   key_pick, key_label = jax.random.split(key)
   # rank[i] is example i's position in a uniform random order; the first k reset.
   rank = jnp.argsort(jax.random.permutation(key_pick, n))
-  reset = rank < jnp.round(ctx.eps * n).astype(jnp.int32)
-  return base._replace(labels=_randomize(key_label, reset, base.labels, ctx.num_classes))
+  count = jnp.round(ctx.eps * n).astype(jnp.int32)
+  reset = rank < count
+  # Once any example holds a random label, labels are no longer a map of the classes.
+  return base._replace(labels=_randomize(key_label, reset, base.labels, ctx.num_classes),
+                       mapped=base.mapped & (count == 0))
 
 
 def class_permutation(key, task_index, base: Task, ctx: ShiftContext) -> Task:
-  """Labels become ``pi[base_label]`` for a fresh random permutation pi of the classes."""
-  del task_index
-  pi = jax.random.permutation(key, ctx.num_classes).astype(jnp.int32)
-  return base._replace(labels=pi[ctx.base_labels])
+  """Class swap: every label l becomes ``pi[l]`` for a fresh random permutation pi.
+
+  It acts on the labels it is given (the previous task's, or what the parts
+  before it in a composite made), and on the label map: ``class_map <- pi o
+  class_map``. From task 0's true labels every task's labels are therefore a
+  uniformly random permutation of the classes; after a label reset, the reset
+  labels are permuted.
+  """
+  del task_index, ctx
+  pi = jax.random.permutation(key, base.class_map.shape[0]).astype(jnp.int32)
+  return base._replace(labels=pi[base.labels], class_map=pi[base.class_map])
 
 
 def pixel_permutation(key, task_index, base: Task, ctx: ShiftContext) -> Task:
@@ -208,12 +238,17 @@ def noise_rate(task_index, params: ShiftParams) -> jax.Array:
 
 
 def noisy_labels(key, task_index, base: Task, ctx: ShiftContext) -> Task:
-  """The dataset's labels, each replaced by a uniform label with probability ``r_t``."""
+  """The clean labels ``class_map[y]``, each replaced by a uniform label with probability ``r_t``.
+
+  The clean labels are the label map's (the dataset's labels, or their class
+  permutation so far), so the noise of task t has rate ``r_t`` and never
+  compounds over tasks; the label map, and so held-out labels, stay clean.
+  """
   key_pick, key_label = jax.random.split(key)
   n = base.labels.shape[0]
   noisy = jax.random.uniform(key_pick, (n,)) < noise_rate(task_index, ctx.params)
-  return base._replace(labels=_randomize(key_label, noisy, ctx.base_labels.astype(jnp.int32),
-                                         ctx.num_classes))
+  clean = base.class_map[ctx.base_labels]
+  return base._replace(labels=_randomize(key_label, noisy, clean, ctx.num_classes))
 
 
 def _activate(base: Task, active: jax.Array) -> Task:
@@ -227,7 +262,8 @@ def class_incremental(key, task_index, base: Task, ctx: ShiftContext) -> Task:
   del key
   p = ctx.params
   k = jnp.minimum(ctx.num_classes, p.classes_first + task_index * p.classes_per_task)
-  return _activate(base, ctx.base_labels < k)
+  task = _activate(base, ctx.base_labels < k)
+  return task._replace(class_active=jnp.arange(base.class_active.shape[0]) < k)
 
 
 def growing_examples(key, task_index, base: Task, ctx: ShiftContext) -> Task:
@@ -253,7 +289,8 @@ class TargetNetwork(nn.Module):
     return nn.Dense(self.outputs)(x)
 
 
-def regression_targets(key, task_index, images: jax.Array, params: ShiftParams) -> jax.Array:
+def regression_targets(key, task_index, images: jax.Array, params: ShiftParams,
+                       held_out: jax.Array | None = None) -> jax.Array:
   r"""Targets of every example for task `task_index` from a fresh random network.
 
     u = g(f(x; theta)),  g = sin(omega .) if omega > 0 else identity,
@@ -263,24 +300,39 @@ def regression_targets(key, task_index, images: jax.Array, params: ShiftParams) 
   examples per output, ``c_t = target_offset`` for ``t < offset_tasks`` and 0
   after. So each output has mean exactly ``c_t`` and std ``target_scale``.
 
+  With `held_out` (other inputs, e.g. a test split), returns the same function
+  of those inputs instead: the same network, standardised with the mean and
+  std of `images`, so they are the held-out targets of the same task.
+
   Returns:
-    float32 ``[N, target_dim]``.
+    float32 ``[N, target_dim]`` (``[M, target_dim]`` for M `held_out` inputs).
   """
   net = TargetNetwork(params.target_width, params.target_depth, params.target_dim)
   theta = net.init(key, images[:1])
-  u = net.apply(theta, images)
-  if params.target_omega > 0:
-    u = jnp.sin(params.target_omega * u)
-  u = (u - jnp.mean(u, axis=0)) / (jnp.std(u, axis=0) + 1e-12)
+  g = lambda x: (jnp.sin(params.target_omega * net.apply(theta, x)) if params.target_omega > 0
+                 else net.apply(theta, x))
+  u = g(images)
+  mean, std = jnp.mean(u, axis=0), jnp.std(u, axis=0) + 1e-12
+  if held_out is not None:
+    u = g(held_out)
+  u = (u - mean) / std
   offset = jnp.where(task_index < params.offset_tasks, params.target_offset, 0.0)
   return (offset + params.target_scale * u).astype(jnp.float32)
+
+
+def _key_data(key: jax.Array) -> jax.Array:
+  """uint32 ``[2]`` data of a raw or typed PRNG key."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return key.astype(jnp.uint32)
 
 
 def random_targets(key, task_index, base: Task, ctx: ShiftContext) -> Task:
   """Fresh regression targets from a fresh random network (see `regression_targets`)."""
   if ctx.images is None:
     raise ValueError("random_targets needs ShiftContext.images")
-  return base._replace(targets=regression_targets(key, task_index, ctx.images, ctx.params))
+  return base._replace(targets=regression_targets(key, task_index, ctx.images, ctx.params),
+                       target_key=_key_data(key))
 
 
 def target_scale(key, task_index, base: Task, ctx: ShiftContext) -> Task:
@@ -331,6 +383,10 @@ SCHEDULED = frozenset({"noisy_labels", "class_incremental", "growing_examples",
                        "random_targets", "target_scale"})
 INPUT_SHIFTS = frozenset({"pixel_permutation", "rotation_flip"})  # change input_perm.
 OBJECTIVES = ("classification", "regression", "bandit")
+INITIAL_LABELS = ("auto", "true", "random")
+# Shifts whose meaning is a map of the dataset's classes: they need true labels.
+CLASS_SHIFTS = frozenset({"class_permutation", "noisy_labels", "class_incremental"})
+LABEL_SHIFTS = frozenset({"label_reset", "class_permutation", "noisy_labels"})  # change labels.
 
 
 def parse_shift(name: str) -> tuple[str, ...]:
@@ -340,7 +396,35 @@ def parse_shift(name: str) -> tuple[str, ...]:
     raise ValueError(f"'gradual' must be the last part of {name!r}")
   if "random_targets" in parts and "contextual_bandit" in parts:
     raise ValueError(f"{name!r}: random_targets and contextual_bandit are different objectives")
+  if "random_targets" in parts:
+    for part in sorted(LABEL_SHIFTS & set(parts)):
+      raise ValueError(f"{name!r}: random_targets trains on regression targets, so {part} "
+                       "would change labels nothing reads")
+  if "contextual_bandit" in parts and "target_scale" in parts:
+    raise ValueError(f"{name!r}: target_scale scales regression or one-hot targets, and the "
+                     "contextual bandit trains on rewards")
+  if "label_reset" in parts:
+    for part in sorted((CLASS_SHIFTS - {"class_permutation"}) & set(parts)):
+      raise ValueError(f"{name!r}: {part} needs labels that are a map of the classes, and "
+                       "label_reset makes them random per example")
+  if "gradual" in parts:
+    for part in sorted(GROWING & set(parts)):
+      raise ValueError(f"{name!r}: gradual cannot spread {part} (the examples in play "
+                       "change at the task boundary, not at each example's own step)")
   return parts
+
+
+def check_initial_labels(name: str, initial_labels: str) -> None:
+  """Raises ValueError where task 0's labels setting has no meaning for shift `name`:
+  random labels under a shift defined on the dataset's classes, or under a
+  regression (which trains on targets, not labels)."""
+  parts = parse_shift(name)
+  if initial_labels != "random":
+    return
+  for part in sorted(CLASS_SHIFTS & set(parts)):
+    raise ValueError(f"'random' labels are not classes, which {part} maps; use 'auto' or 'true'")
+  if "random_targets" in parts:
+    raise ValueError("random_targets trains on regression targets, not labels; use 'auto'")
 
 
 def objective(name: str) -> str:
@@ -377,11 +461,12 @@ def is_gradual(name: str) -> bool:
 
 def initial_task(key: jax.Array, ctx: ShiftContext, input_dim: int,
                  random_labels: bool, name: str = "", target_dim: int = 0) -> Task:
-  """Task 0: the identity input transform, every example in play.
+  """Task 0: the identity input transform, every example and class in play.
 
-  Labels are the dataset's, or uniform random ones with `random_labels`; the
-  scheduled parts of shift `name` (noisy labels, growing tasks, regression
-  targets, target scale) are applied for task index 0.
+  Labels are the dataset's (the label map the identity), or uniform random
+  ones with `random_labels` (then no label map: held-out labels are
+  undefined); the scheduled parts of shift `name` (noisy labels, growing
+  tasks, regression targets, target scale) are applied for task index 0.
   """
   key_labels, key_parts = key, jax.random.fold_in(key, 1)
   n = ctx.base_labels.shape[0]
@@ -391,17 +476,24 @@ def initial_task(key: jax.Array, ctx: ShiftContext, input_dim: int,
                                 dtype=jnp.int32)
   identity = jnp.arange(input_dim, dtype=jnp.int32)
   targets = jnp.zeros((n, target_dim), jnp.float32)
-  task = Task(labels=labels, input_perm=identity,
-              input_offset=jnp.zeros((input_dim,), jnp.float32), targets=targets,
-              target_scale=jnp.ones([], jnp.float32),
+  no_offset, one = jnp.zeros((input_dim,), jnp.float32), jnp.ones([], jnp.float32)
+  task = Task(labels=labels, input_perm=identity, input_offset=no_offset, targets=targets,
+              target_scale=one,
               example_order=jnp.arange(n, dtype=jnp.int32), num_active=jnp.int32(n),
               prev_labels=labels, prev_input_perm=identity, prev_targets=targets,
               switch_step=jnp.zeros((n,), jnp.int32),
-              pixel_switch_step=jnp.zeros((input_dim,), jnp.int32))
+              pixel_switch_step=jnp.zeros((input_dim,), jnp.int32),
+              prev_input_offset=no_offset, prev_target_scale=one,
+              class_map=jnp.arange(ctx.num_classes, dtype=jnp.int32),
+              mapped=jnp.asarray(not random_labels),
+              class_active=jnp.ones((ctx.num_classes,), bool),
+              target_key=jnp.zeros((2,), jnp.uint32))
   parts = [p for p in parse_shift(name) if p in SCHEDULED] if name else []
   for part, k in zip(parts, jax.random.split(key_parts, max(len(parts), 1))):
     task = SHIFTS[part](k, jnp.int32(0), task, ctx)
-  return task._replace(prev_labels=task.labels, prev_targets=task.targets)
+  return task._replace(prev_labels=task.labels, prev_targets=task.targets,
+                       prev_input_offset=task.input_offset,
+                       prev_target_scale=task.target_scale)
 
 
 def switch_task(name: str, key: jax.Array, task: Task, ctx: ShiftContext,
@@ -414,7 +506,8 @@ def switch_task(name: str, key: jax.Array, task: Task, ctx: ShiftContext,
   parts = parse_shift(name)
   task_index = jnp.int32(0) if task_index is None else task_index
   prev = task._replace(prev_labels=task.labels, prev_input_perm=task.input_perm,
-                       prev_targets=task.targets,
+                       prev_targets=task.targets, prev_input_offset=task.input_offset,
+                       prev_target_scale=task.target_scale,
                        switch_step=jnp.zeros_like(task.switch_step),
                        pixel_switch_step=jnp.zeros_like(task.pixel_switch_step))
   task = prev
@@ -435,7 +528,10 @@ def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
     permute_inputs: False skips the gather by ``task.input_perm``, for a
       sequence whose shift never changes it (see `permutes_inputs`).
     step: the step within the task, for gradual drift.
-    gradual: whether the sequence drifts gradually (see `is_gradual`).
+    gradual: whether the sequence drifts gradually (see `is_gradual`). Then
+      example i shows the previous task's label, target and target scale
+      until ``step >= switch_step[i]``, and input position j the previous
+      task's source pixel and noise offset until ``step >= pixel_switch_step[j]``.
     add_offset: False skips adding ``task.input_offset``, for a sequence whose
       shift never sets it (see `adds_noise`).
 
@@ -445,19 +541,59 @@ def apply_task(task: Task, x: jax.Array, example_index: jax.Array,
   """
   x = x.reshape((x.shape[0], -1))
   labels, targets = task.labels[example_index], task.targets[example_index]
-  if gradual:
-    step = jnp.int32(0) if step is None else step
-    new_example = (step >= task.switch_step[example_index])
-    labels = jnp.where(new_example, labels, task.prev_labels[example_index])
-    targets = jnp.where(new_example[:, None], targets, task.prev_targets[example_index])
+  if not gradual:
     if permute_inputs:
-      new_pixel = step >= task.pixel_switch_step
-      x = jnp.where(new_pixel[None, :], x[:, task.input_perm], x[:, task.prev_input_perm])
-  elif permute_inputs:
-    x = x[:, task.input_perm]
+      x = x[:, task.input_perm]
+    if add_offset:
+      x = x + task.input_offset.astype(x.dtype)
+    return x, labels, targets * task.target_scale
+  step = jnp.int32(0) if step is None else step
+  new_example = step >= task.switch_step[example_index]
+  labels = jnp.where(new_example, labels, task.prev_labels[example_index])
+  targets = jnp.where(new_example[:, None], targets * task.target_scale,
+                      task.prev_targets[example_index] * task.prev_target_scale)
+  new_pixel = step >= task.pixel_switch_step
+  if permute_inputs:
+    x = jnp.where(new_pixel[None, :], x[:, task.input_perm], x[:, task.prev_input_perm])
   if add_offset:
-    x = x + task.input_offset.astype(x.dtype)
-  return x, labels, targets * task.target_scale
+    x = x + jnp.where(new_pixel, task.input_offset, task.prev_input_offset).astype(x.dtype)
+  return x, labels, targets
+
+
+def held_out_inputs(task: Task, x: jax.Array) -> jax.Array:
+  """``[M, D]`` held-out inputs under `task`'s input transform (permutation and
+  noise offset) as the task ends, every input position switched."""
+  x = x.reshape((x.shape[0], -1))
+  return x[:, task.input_perm] + task.input_offset.astype(x.dtype)
+
+
+def held_out_labels(task: Task, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(labels [M], weights [M])`` of held-out examples of dataset classes `y` under `task`.
+
+  A held-out example of class y has label ``class_map[y]`` (the dataset's
+  label through every class permutation so far; noisy labels corrupt
+  training labels only) and weight 1 if its class is in play
+  (``class_active[y]``), else 0. Where labels are random per example
+  (``task.mapped`` False: random initial labels, or a label reset) no
+  held-out label is defined and every weight is 0.
+  """
+  weights = (task.class_active[y] & task.mapped).astype(jnp.float32)
+  return task.class_map[y], weights
+
+
+def initial_labels_random(name: str, initial_labels: str = "auto") -> bool:
+  """Whether task 0 of shift `name` has uniform random labels.
+
+  ``initial_labels`` is ``"true"`` (the dataset's labels), ``"random"``, or
+  ``"auto"``: random for a sequence with a ``label_reset`` (every task is then
+  a relabelling of random labels, task 0 included), the dataset's otherwise.
+  """
+  if initial_labels not in INITIAL_LABELS:
+    raise ValueError(f"unknown initial_labels {initial_labels!r}; choose one of "
+                     f"{', '.join(INITIAL_LABELS)}")
+  if initial_labels == "auto":
+    return "label_reset" in parse_shift(name)
+  return initial_labels == "random"
 
 
 def sample_index(key: jax.Array, task: Task, batch_size: int) -> jax.Array:

@@ -17,7 +17,6 @@ from plastix import resets
 from plastix import shifts
 from plastix.data import preprocess
 
-INITIAL_LABELS = ("random", "true")
 LOSSES = {"classification": ("auto", "cross_entropy", "mse"),
           "regression": ("auto", "mse", "two_hot", "hl_gauss"),
           "bandit": ("auto",)}  # "auto": cross_entropy, mse, and the bandit's TD loss.
@@ -94,8 +93,12 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
          f"unknown dataset; choose one of {', '.join(data_lib.DATASETS)}")
   _check_name(config, "shift", shifts.parse_shift)
   _check(config, "shift_params.eps", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
-  _check(config, "shift_params.initial_labels", _in(INITIAL_LABELS),
-         f"choose one of {', '.join(INITIAL_LABELS)}")
+  _check(config, "shift_params.initial_labels", _in(shifts.INITIAL_LABELS),
+         f"choose one of {', '.join(shifts.INITIAL_LABELS)}")
+  try:
+    shifts.check_initial_labels(config.shift, config.shift_params.initial_labels)
+  except ValueError as e:
+    raise ConfigError("shift_params.initial_labels", f"{e} (shift {config.shift!r})") from None
   for field in ("num_tasks", "steps_per_task", "batch_size", "num_seeds",
                 "tasks_per_chunk", "model.depth", "model.width", "probes.batch_size"):
     _check(config, field, _positive_int, "must be a positive integer")
@@ -138,6 +141,7 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "loss.support_max", lambda v: v > config.loss.support_min,
          "must be larger than loss.support_min")
   _check(config, "loss.hl_gauss_sigma", lambda v: v > 0, "must be > 0")
+  _validate_support(config)
   for field in ("loss.l2", "loss.grad_norm_penalty", "optimizer.l2_init"):
     _check(config, field, lambda v: v >= 0, "must be >= 0")
   _validate_resets(config)
@@ -148,6 +152,8 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
   _check(config, "probes.srank_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
   _check(config, "probes.linearized_threshold", lambda v: v >= 0, "must be >= 0")
+  _check(config, "probes.test_examples", lambda v: isinstance(v, int) and v >= 0,
+         "must be an integer >= 0 (0 = no held-out accuracy)")
   for field in ("top_singular_values", "hessian_iters", "ntk_examples", "alignment_examples",
                 "plasticity_targets", "plasticity_steps", "plasticity_batch"):
     _check(config, f"probes.{field}", _positive_int, "must be a positive integer")
@@ -161,6 +167,51 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
     if config.probes[f"{name}_every"]:
       _check(config, f"probes.{name}_examples", lambda v: v <= config.probes.batch_size,
              "must be at most probes.batch_size")
+
+
+# A distributional head's support must hold its targets' mean +- this many std.
+SUPPORT_STDS = 3.0
+
+
+def target_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """``(low, high)``: where a regression sequence's targets lie, each task's
+  mean ``c_t`` plus or minus `SUPPORT_STDS` of its standard deviation.
+
+  Task t's targets have mean ``c_t`` (``target_offset`` for the first
+  ``offset_tasks`` tasks, 0 after) and standard deviation ``target_scale``,
+  times ``scale_growth ** t`` under a ``target_scale`` shift (see
+  `plastix.shifts.regression_targets`). Standardised targets of N examples can
+  reach ``sqrt(N - 1)`` standard deviations; beyond `SUPPORT_STDS` they are
+  rare (0.3% of a Gaussian), and the engine counts the ones a support clips
+  (``target_clipped_fraction``).
+  """
+  sp = config.shift_params
+  tasks = range(config.num_tasks)
+  growth = sp.scale_growth if "target_scale" in shifts.parse_shift(config.shift) else 1.0
+  low = high = None
+  for t in tasks:
+    c = sp.target_offset if t < sp.offset_tasks else 0.0
+    half = SUPPORT_STDS * sp.target_scale * growth ** t
+    low = c - half if low is None else min(low, c - half)
+    high = c + half if high is None else max(high, c + half)
+  return float(low), float(high)
+
+
+def _validate_support(config: ml_collections.ConfigDict) -> None:
+  """A two-hot / HL-Gauss support must cover the targets (else they are clipped)."""
+  if (shifts.objective(config.shift) != "regression"
+      or config.loss.name not in ("two_hot", "hl_gauss")):
+    return
+  low, high = target_range(config)
+  lo, hi = config.loss.support_min, config.loss.support_max
+  if low < lo or high > hi:
+    raise ConfigError(
+        "loss.support_min" if low < lo else "loss.support_max",
+        f"the {config.loss.name} support [{lo:g}, {hi:g}] does not cover the targets, "
+        f"which reach [{low:g}, {high:g}] (each task's mean +- {SUPPORT_STDS:g} std: "
+        "shift_params.target_offset, target_scale, scale_growth); targets outside the "
+        f"support are clipped, so set loss.support_min <= {low:g} and "
+        f"loss.support_max >= {high:g}")
 
 
 def _validate_resets(config: ml_collections.ConfigDict) -> None:
@@ -278,3 +329,10 @@ def validate_against_data(config: ml_collections.ConfigDict, num_train: int,
   if config.probes.batch_size > n:
     raise ConfigError("probes.batch_size", f"{config.probes.batch_size} is larger "
                       f"than the {n} training examples in use")
+
+
+def validate_against_test(config: ml_collections.ConfigDict, num_test: int) -> None:
+  """Checks ``probes.test_examples`` against the size of the dataset's test split."""
+  if config.probes.test_examples > num_test:
+    raise ConfigError("probes.test_examples", f"{config.probes.test_examples} is more than "
+                      f"the {num_test} test examples of {config.dataset}")

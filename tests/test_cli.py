@@ -1,6 +1,7 @@
 """The main job end to end, as a user runs it."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -120,6 +121,12 @@ def test_grid_run_writes_a_condition_per_point(tmp_path):
     (["--config.cpu_devices=3", "--config.shard_seeds=False"], "config.cpu_devices"),
     (["--config.distributed.enabled=True", "--config.shard_seeds=False"], "config.shard_seeds"),
     (["--config.no_such_field=1"], "no_such_field"),
+    (["--config.shift=class_permutation", "--config.shift_params.initial_labels=random"],
+     "config.shift_params.initial_labels"),
+    (["--config.shift=label_reset+noisy_labels"], "config.shift"),
+    (["--config.shift=random_targets", "--config.loss.name=two_hot",
+      "--config.shift_params.target_offset=100"], "config.loss.support_max"),
+    (["--config.probes.test_examples=5000"], "config.probes.test_examples"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, override, field):
   workdir = tmp_path / "never"
@@ -167,3 +174,52 @@ def test_seeds_that_do_not_split_over_the_devices_are_refused(tmp_path):
   assert proc.returncode == 2
   assert "config.num_seeds" in proc.stderr and "2 devices" in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+def test_runs_from_any_directory_and_measures_held_out_accuracy(tmp_path):
+  # Outside the repository: the default config, and the README's --config path,
+  # are both found in the installed package.
+  cwd = tmp_path / "elsewhere"
+  cwd.mkdir()
+  base = [sys.executable, "-m", "experiments.synthetic", *TINY, "--config.num_tasks=2",
+          "--config.probes.test_examples=100", "--config.interventions=baseline"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for i, extra in enumerate(([], ["--config=configs/shift.py"])):
+    workdir = tmp_path / f"w{i}"
+    proc = subprocess.run([*base, *extra, "--config.shift=class_permutation",
+                           f"--workdir={workdir}"], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = results.read_csv(str(workdir / "metrics.csv"))
+    for row in rows:
+      assert 0.0 <= row["test_accuracy"] <= 1.0 and row["test_loss"] > 0.0
+    summary = json.loads((workdir / "summary.json").read_text())["interventions"]["baseline"]
+    for key in results.HELD_OUT_KEYS:
+      assert summary[key] is not None and summary[key + "_std"] is not None, key
+  # Random labels (the default label reset) define no held-out label: NaN, and null.
+  workdir = tmp_path / "reset"
+  proc = subprocess.run([*base, f"--workdir={workdir}"], cwd=cwd, capture_output=True,
+                        text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr
+  rows = results.read_csv(str(workdir / "metrics.csv"))
+  assert all(math.isnan(r["test_accuracy"]) for r in rows)
+  summary = json.loads((workdir / "summary.json").read_text())["interventions"]["baseline"]
+  assert summary["final_task_test_accuracy"] is None
+
+
+def test_a_mistyped_field_names_the_closest_one(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.synthetic", "--config.num_task=3",
+                         "--config.model.widht=8"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == ("error: unknown config field 'num_task' (in "
+                                 "--config.num_task=3); did you mean 'num_tasks'?")
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.synthetic",
+                         "--config=configs/nope.py"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "no config file 'configs/nope.py'" in lines[0], proc.stderr
