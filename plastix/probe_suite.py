@@ -175,7 +175,8 @@ def expensive_probe(name: str, settings: ProbeSettings, *, loss_fn: Callable,
       `model_state`, ``-> (params, model_state)``.
     optimizer: the training optimizer.
     params: the probed parameters.
-    batch: ``(x, y)`` the probe batch.
+    batch: ``(x, y)`` the probe batch (``y`` may be a pytree whose leaves share
+      x's leading axis).
     key: PRNG key.
     model_state: the probed network's state outside its parameters (batch-norm
       statistics), None for a model without. The plasticity probe's fresh and
@@ -195,8 +196,8 @@ def expensive_probe(name: str, settings: ProbeSettings, *, loss_fn: Callable,
                                            "effective_rank", "top_eigenvalue_share")}
   if name == "alignment":
     n = settings.alignment_examples
-    return {"gradient_alignment": gradients.loss_gradient_alignment(
-        loss_fn, params, (x[:n], y[:n]))}
+    first = jax.tree.map(lambda a: a[:n], (x, y))  # y may be a pytree of targets.
+    return {"gradient_alignment": gradients.loss_gradient_alignment(loss_fn, params, first)}
   if name == "plasticity":
     out = plasticity_probe.plasticity_loss(
         apply_fn, init_fn, optimizer, params, x, key, num_targets=settings.plasticity_targets,
