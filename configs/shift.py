@@ -158,6 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
   # test_accuracy / test_loss at every task end on the first N images of the
   # test split (class-balanced for the embedded set); 0 = not measured.
   config.probes.test_examples = 1000
+  # After the last task, the trained network and a fresh one fit the same fresh
+  # task (all labels reset) for this many steps: one yardstick for conditions
+  # whose tasks differ (final_fit_* in summary.json); 0 = off.
+  config.probes.final_fit_steps = 0
   # Every N steps within a task (N divides steps_per_task; 0 = only at task ends):
   # drift of per-unit mean preactivations since the task's start, and histograms.
   config.probes.within_task_every = 0

@@ -29,6 +29,8 @@ from ml_collections import config_flags
 USAGE_ERROR = 2
 CONFIGS_DIR = os.path.dirname(os.path.abspath(configs.__file__))
 PROJECT_DIR = os.path.dirname(CONFIGS_DIR)
+# The command line as typed, before `define_config_flag` resolved the config path.
+ORIGINAL_ARGV: list[str] = []
 
 
 def fail(message: str) -> NoReturn:
@@ -108,25 +110,37 @@ def unknown_field(config, argv: Sequence[str], name: str = "config") -> str | No
   return None
 
 
-def define_config_flag(default_name: str, help_text: str = "Experiment config file.",
+def define_config_flag(default_name: str | None, help_text: str = "Experiment config file.",
                        name: str = "config", argv: list[str] | None = None):
   """Defines the ``--config`` flag (see the module docstring) and returns its holder.
 
+  `default_name` is a file of the package's ``configs/`` (None: no default, the
+  flag's value is then None unless given).
+
   Rewrites the ``--config`` value in `argv` (default ``sys.argv``) to the
-  path it resolves to, before ``ml_collections`` reads it.
+  path it resolves to, and moves it first, before ``ml_collections`` reads it
+  (which otherwise refuses an override typed before the file).
   """
   argv = sys.argv if argv is None else argv
+  ORIGINAL_ARGV[:] = list(argv)
   found = _config_value(argv, name)
   if found is not None:
     index, value = found
     resolved = resolve_config_path(value)
-    argv[index] = (f"--{name}={resolved}" if argv[index].startswith(f"--{name}=")
-                   else resolved)
+    # The file first: ml_collections reads overrides only after it, in any order typed.
+    if argv[index].startswith(f"--{name}="):
+      del argv[index]
+    else:
+      del argv[index - 1:index + 1]
+    argv.insert(1, f"--{name}={resolved}")
     value = resolved
+  elif default_name is None:
+    return config_flags.DEFINE_config_file(name, None, help_text)
   else:
     value = default_config(default_name)
+  default = default_config(default_name) if default_name else None
   try:
-    return config_flags.DEFINE_config_file(name, default_config(default_name), help_text)
+    return config_flags.DEFINE_config_file(name, default, help_text)
   except (AttributeError, KeyError) as e:  # An override names a field the config lacks.
     try:
       message = unknown_field(_load_config(value), argv, name)
@@ -136,3 +150,13 @@ def define_config_flag(default_name: str, help_text: str = "Experiment config fi
   except Exception as e:  # pylint: disable=broad-except
     # The config file itself fails to load (a syntax error, a bad get_config argument).
     fail(f"--{name} {value!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def unknown_field_message(error: Exception, argv: Sequence[str], name: str = "config") -> str:
+  """The one line for a flag-parsing error that names a field the config lacks."""
+  found = _config_value(argv, name)
+  try:
+    message = unknown_field(_load_config(found[1]), argv, name) if found else None
+  except Exception:  # pylint: disable=broad-except
+    message = None
+  return message or f"--{name}: {str(error).splitlines()[0]}"

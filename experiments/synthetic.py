@@ -6,7 +6,7 @@ r"""Synthetic nonstationary study: every intervention of a config, seeds vmapped
 Writes to the workdir (default ``runs/<config.name>-<timestamp>``):
 config.json, run_info.json, metrics.csv, summary.json, plasticity.png, and with
 probes on histograms.npz, mechanisms_<name>.png (one figure per mechanism)
-and preactivation_histograms.png.
+and preactivation_histograms.png (see `plastix.experiment`).
 Bad input (an unknown name, an impossible size, missing data, an unwritable
 workdir) prints one line and exits with status 2 before anything compiles.
 
@@ -26,12 +26,8 @@ import os
 # before numpy or scipy load OpenBLAS; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import datetime
-import json
 import logging
-import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app
@@ -46,285 +42,38 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output folder (default runs/<config.name>-<timestamp>).")
 
 USAGE_ERROR = cli.USAGE_ERROR
-_fail = cli.fail
 
 
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # config_flags: a field the config lacks.
-    overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-    _fail(f"unknown config field {e} in {overrides}")
+    cli.fail(cli.unknown_field_message(e, argv))
   except (flags.Error, ValueError, TypeError, OSError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
-def _prepare_workdir(path: str) -> None:
-  try:
-    os.makedirs(path, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")  # unique per process
-    os.close(fd)
-    os.unlink(probe)
-  except OSError as e:
-    _fail(f"--workdir {path!r} cannot be written ({e.strerror or e})")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-# How the job is laid out over processes: differs between the processes of one
-# job (process_id) and may change on resume (the runs then continue on the new
-# layout, whose float rounding can differ; see `_resume_note`).
-_LAYOUT_FIELDS = ("distributed.",)
-# Fields added since a workdir may have been written, with the value that
-# means what the older code did (cpu_devices: its run_info.json holds no split,
-# so the run resumes on JAX's own devices, as it started).
-_ADDED_FIELDS = {"cpu_devices": 0}
-
-
-def _check_resumable(workdir: str, config_dict: dict) -> bool:
-  """True if `workdir` already holds this config's run; exits 2 on a different config."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return False
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    _fail(f"--workdir {workdir!r} has an unreadable config.json ({e}); use a new --workdir")
-  old, new = {**_ADDED_FIELDS, **_flatten(saved)}, _flatten(config_dict)
-  changed = sorted(k for k in old.keys() | new.keys()
-                   if old.get(k) != new.get(k) and not k.startswith(_LAYOUT_FIELDS))
-  if changed:
-    _fail(f"--workdir {workdir!r} holds a run with a different config "
-          f"({', '.join(changed)}); use a new --workdir or the same config to resume")
-  return True
-
-
-def _saved_run_info(workdir: str) -> dict:
-  """The run_info.json of a resumed run ({} where it is missing or unreadable)."""
-  try:
-    with open(os.path.join(workdir, "run_info.json")) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
-def _resumed_split(config, split: int | None, saved: dict) -> int | None:
-  """The CPU split of a resumed run: the one it started with (`saved` run_info;
-  the core count may have changed), unless ``config.cpu_devices`` sets one or the
-  job is now multi-process, where each process keeps JAX's own devices, or
-  run_info.json is lost (`split`, as for a new run, in each case)."""
-  if config.cpu_devices or config.distributed.enabled or not saved:
-    return split
-  return saved.get("cpu_devices")
-
-
-def _layout(mesh) -> dict:
-  """How the runs are laid out: processes, and devices the runs are split over."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return {"processes": jax.process_count(), "run_devices": 1 if mesh is None else mesh.size}
-
-
-def _resume_note(saved: dict, layout: dict) -> str | None:
-  """A warning where a run resumes on another layout than it last ran on (None
-  if the same, or unknown: a workdir from before run_info.json recorded it)."""
-  before = (saved.get("resumes") or [saved])[-1].get("layout")
-  if not before or before == layout:
-    return None
-  where = lambda l: (f"{l['processes']} process{'es' if l['processes'] > 1 else ''}, "
-                     f"{l['run_devices']} device{'s' if l['run_devices'] > 1 else ''}")
-  return (f"warning: this run last ran on {where(before)} and resumes on {where(layout)}: "
-          "any remaining tasks train the same runs, but their float rounding can differ "
-          "from an uninterrupted run's")
-
-
-def _run_info(cpu_devices: int | None, layout: dict) -> dict:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  versions = {}
-  for pkg in ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "ml_collections"):
-    try:
-      versions[pkg] = md.version(pkg)
-    except md.PackageNotFoundError:
-      versions[pkg] = None
-  try:
-    revision = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-        cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    revision = None
-  return {"versions": versions, "git_revision": revision,
-          "devices": [str(d) for d in jax.devices()], "cpu_devices": cpu_devices,
-          "layout": layout, "argv": sys.argv}
-
-
-def _devices_note(mesh) -> str:
-  """"3 cpu devices": where the runs train (every run on one device without a mesh)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  count = 1 if mesh is None else mesh.size
-  return f"{count} {jax.default_backend()} device{'s' if count > 1 else ''}"
-
-
-def _initialize_distributed(config) -> None:
-  """jax.distributed.initialize() from config.distributed (auto-detected where unset)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  d = config.distributed
-  # Cross-process collectives for CPU devices; GPUs and TPUs use their own.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  try:
-    jax.distributed.initialize(
-        coordinator_address=d.coordinator_address or None,
-        num_processes=None if d.num_processes < 0 else d.num_processes,
-        process_id=None if d.process_id < 0 else d.process_id)
-  except (ValueError, RuntimeError) as e:
-    _fail(f"config.distributed: cannot start a multi-process job ({str(e).splitlines()[0]})")
+    cli.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}")
   config = _CONFIG.value
   # Progress is printed by this script; library INFO logs (jax backend probing,
   # orbax saves) would drown it.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("jax").setLevel(logging.WARNING)
-
-  # Everything that can be wrong with the input is checked before compiling.
-  from plastix import data as data_lib  # pylint: disable=g-import-not-at-top
-  from plastix import interventions, results, validation  # pylint: disable=g-import-not-at-top
-  from plastix import from_config  # pylint: disable=g-import-not-at-top
-  try:
-    validation.validate(config)
-    names = interventions.parse_list(config.interventions)
-    train_split = from_config.load_dataset(config, "train")
-    validation.validate_against_data(config, len(train_split.labels),
-                                     train_split.num_classes, train_split.images.shape[1:])
-    test_split = None
-    if from_config.test_examples(config):
-      test_split = from_config.load_dataset(config, "test")
-      validation.validate_against_test(config, len(test_split.labels))
-  except (validation.ConfigError, data_lib.DataError) as e:
-    _fail(str(e))
-
-  if config.distributed.enabled:
-    if not _WORKDIR.value:
-      _fail("--workdir: a multi-process job needs a workdir shared by every process")
-    _initialize_distributed(config)
-  import jax  # pylint: disable=g-import-not-at-top
-  from plastix import sharding  # pylint: disable=g-import-not-at-top
-  from plastix import grid as grid_lib  # pylint: disable=g-import-not-at-top
-  points = grid_lib.points(config.grid)
-  num_runs = config.num_seeds * len(points)
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  workdir = _WORKDIR.value or os.path.join("runs", f"{config.name}-{stamp}")
-  config_dict = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
-  resuming = _check_resumable(workdir, config_dict)
-  # Before JAX's first operation: the CPU backend's device count is fixed then.
-  # A resumed run keeps the split it started with (the core count may differ).
-  examples = train_split.images[:config.num_examples or None]
-  split = from_config.cpu_devices(config, num_runs, examples.nbytes)
-  saved_info = _saved_run_info(workdir) if resuming else {}
-  if resuming:
-    split = _resumed_split(config, split, saved_info)
-  if split is not None:
-    sharding.use_cpu_devices(split)
-  primary = jax.process_index() == 0  # Only process 0 writes results and prints.
-  say = (lambda line: print(line, flush=True)) if primary else (lambda line: None)
-  mesh = sharding.seed_mesh() if config.shard_seeds else None
-  if mesh is not None:
-    try:
-      sharding.check_divisible(num_runs, mesh)
-    except ValueError as e:
-      if config.cpu_devices and jax.default_backend() == "cpu":
-        if jax.process_count() > 1:
-          _fail(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split "
-                f"evenly over {mesh.size} CPU devices ({jax.process_count()} processes x "
-                f"{config.cpu_devices}); use a count whose product with the processes "
-                f"divides {num_runs}")
-        _fail(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split evenly "
-              f"over {mesh.size} CPU devices; use a divisor of {num_runs}, or 0")
-      hint = "" if config.distributed.enabled else " (or set --config.shard_seeds=False)"
-      _fail(f"config.num_seeds: {e}{hint}")
-    try:
-      validation.check_parallel_runs(config.parallel_runs, num_runs, mesh.size)
-    except validation.ConfigError as e:
-      _fail(str(e))
-
-  _prepare_workdir(workdir)
-
-  from plastix import plotting, runner  # pylint: disable=g-import-not-at-top
-  layout = _layout(mesh)
-  if primary and not resuming:
-    results.write_json(os.path.join(workdir, "config.json"), config_dict)
-    results.write_json(os.path.join(workdir, "run_info.json"), _run_info(split, layout))
-  elif primary:
-    note = _resume_note(saved_info, layout)
-    if note:
-      print(note, file=sys.stderr, flush=True)
-    # After the start's record, each resume's: its layout, command and software.
-    resume = {k: v for k, v in _run_info(split, layout).items()
-              if k in ("layout", "argv", "versions", "git_revision", "cpu_devices")}
-    if not saved_info:  # run_info.json lost (a run killed before writing it)
-      saved_info = {"unrecorded_start": True}
-    saved_info.setdefault("resumes", []).append(resume)
-    results.write_json(os.path.join(workdir, "run_info.json"), saved_info)
-
-  data, num_classes = from_config.load_train_data(config, train_split, test_split)
-  grid_note = f", grid of {len(points)} points ({config.grid})" if config.grid else ""
-  say(f"{config.name}: {config.dataset} ({data.images.shape[0]} examples), shift "
-      f"{config.shift}, {config.num_tasks} tasks x {config.steps_per_task} steps, "
-      f"{config.num_seeds} seeds on {_devices_note(mesh)}, interventions "
-      f"{', '.join(names)}{grid_note}")
+  from plastix import experiment, results  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  rows, by_condition = [], {}
-  seeds = list(range(config.num_seeds))
-  for name in names:
-    share = runner.run_intervention_share(
-        config, name, data, num_classes, progress=say,
-        checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
-    # Each process writes its share; process 0 merges them (None elsewhere).
-    metrics = runner.merge_over_processes(share, os.path.join(workdir, "shares", name),
-                                          num_runs)
-    if metrics is None:
-      continue
-    rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
-    for g, point in enumerate(points):
-      runs = slice(g * len(seeds), (g + 1) * len(seeds))
-      by_condition[grid_lib.condition(name, grid_lib.label(point))] = (
-          metrics._replace(preact_histogram=metrics.preact_histogram[runs],
-                           within_task_histogram=metrics.within_task_histogram[runs]))
-    results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
-
-  if not primary:
+  try:
+    # Everything that can be wrong with the input is checked before compiling.
+    prepared = experiment.prepare(config)
+    if config.distributed.enabled and not _WORKDIR.value:
+      cli.fail("--workdir: a multi-process job needs a workdir shared by every process")
+    workdir = _WORKDIR.value or experiment.default_workdir(config)
+    summary = experiment.run(prepared, workdir)
+  except experiment.UsageError as e:
+    cli.fail(str(e))
+  if summary is None:  # Not process 0 of a multi-process job.
     return
-  conditions = grid_lib.conditions(names, config.grid)
-  summary = results.summarize(rows, conditions)
-  results.write_json(os.path.join(workdir, "summary.json"), summary)
-  title = f"{config.name}: {config.shift} on {config.dataset}"
-  plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
-                           title=title)
-  if config.probes.enabled:
-    edges = from_config.probe_settings(config).histogram_edges
-    histograms = results.histogram_arrays(by_condition, edges)
-    results.write_npz(os.path.join(workdir, "histograms.npz"), histograms)
-    plotting.plot_mechanisms(rows, conditions, workdir, title=title)
-    # The figures sum the seeds that never diverged, as the curves average them.
-    diverged = {c: results.diverged_seeds(rows, c) for c in conditions}
-    plotting.plot_histograms(histograms, conditions,
-                             os.path.join(workdir, "preactivation_histograms.png"),
-                             exclude=diverged)
-    if config.probes.within_task_every:
-      plotting.plot_within_task_histograms(
-          histograms, conditions, config.probes.within_task_every,
-          os.path.join(workdir, "within_task_histograms.png"), exclude=diverged)
   print(f"\n{results.format_table(summary)}\n")
   print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)
 

@@ -21,6 +21,7 @@ engine's arguments from a config.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -42,6 +43,7 @@ from plastix.engine_types import EngineSpec, HParams, TaskMetrics, TrainData, Tr
 
 # Independent PRNG streams derived from each seed's key.
 _INIT_STREAM, _TASK_STREAM, _STEP_STREAM, _RESET_STREAM, _PROBE_STREAM = 0, 1, 2, 3, 4
+_FINAL_STREAM = 5
 
 # `run_task` draws a task's minibatch indices up front when there are at most
 # this many (4 MiB of int32 per run); longer tasks draw them step by step.
@@ -309,18 +311,85 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
         lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else -1,
                            s.dtype), shapes)
   state, num_reset = _reset_at_task_end(spec, hp, data, state)
+  final = _final_fit_if_last(spec, hp, data, state, task_number)
   metrics = TaskMetrics(train_loss=jnp.mean(step_losses[window]),
                         train_accuracy=jnp.mean(accuracies[window]),
                         diverged_task=state.diverged_task,
                         diverged_step=state.diverged_step, num_reset=num_reset,
                         target_clipped_fraction=objectives.clipped_fraction(spec, state.task),
-                        **probe_values)
+                        **final, **probe_values)
   next_index = state.task_index + 1
   next_task = _shift(spec, hp, data).switch(_stream(state.rng, _TASK_STREAM, next_index),
                                             next_index, state.task)
   reference = _reference_means(spec, state.params, state.model_state, next_task, data)
   return state.replace(task=next_task, task_index=next_index, reference_means=reference,
                        step_index=jnp.zeros_like(state.step_index)), metrics
+
+
+FINAL_FIT_KEYS = ("final_fit_accuracy", "final_fit_accuracy_new_network", "final_fit_loss",
+                  "final_fit_loss_new_network")
+
+
+def final_fit_task(spec: EngineSpec, hp: HParams, key: jax.Array,
+                   data: TrainData) -> shifts.Task:
+  """The fresh task of the final fit: task 0's structure (no input transform,
+  every example in play) with fresh uniform labels for every example, or for a
+  regression fresh random targets with no offset; from `key` alone, so every
+  condition of a seed fits the same task."""
+  ctx = _shift(spec, hp, data).ctx
+  if spec.objective == "regression":
+    params = dataclasses.replace(spec.shift_params, target_offset=0.0)
+    return shifts.initial_task(key, ctx._replace(params=params), spec.input_dim, False,
+                               "random_targets", params.target_dim)
+  return shifts.initial_task(key, ctx, spec.input_dim, True, "", 1)
+
+
+def final_fit(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState) -> dict:
+  r"""The yardstick of plasticity after a sequence, the same for every condition.
+
+  The trained network (with its optimizer state, as the next task would find
+  it) and a fresh network (a new initialisation and optimizer state) each
+  train ``spec.final_fit_steps`` steps on the same fresh task
+  (`final_fit_task`, from the seed's key: every intervention of a seed fits
+  the same labels). Each reports the task's training accuracy and loss, the
+  means over the last ``accuracy_window`` fraction of those steps, as
+  `train_accuracy` does:
+
+    final_fit_accuracy             (the trained network),
+    final_fit_accuracy_new_network (the fresh one),
+
+  and ``final_fit_loss``, ``final_fit_loss_new_network`` likewise (accuracies
+  are NaN for a regression). The contextual bandit has no such task: NaN.
+  """
+  nan = jnp.float32(jnp.nan)
+  if spec.objective == "bandit":
+    return dict.fromkeys(FINAL_FIT_KEYS, nan)
+  task = final_fit_task(spec, hp, _stream(state.rng, _FINAL_STREAM, 0), data)
+  steps = spec.final_fit_steps
+  window = max(1, int(round(steps * spec.accuracy_steps / spec.steps_per_task)))
+  step_keys = jax.random.split(_stream(state.rng, _FINAL_STREAM, 1), steps)
+  fresh = init_state(spec, hp, data, _stream(state.rng, _FINAL_STREAM, 2))
+
+  def fit(start: TrainState):
+    start = start.replace(task=task, step_index=jnp.zeros_like(start.step_index))
+    step = lambda s, k: train_step(spec, hp, data, s, k)
+    _, (losses, accuracies) = jax.lax.scan(step, start, step_keys)
+    return jnp.mean(accuracies[-window:]), jnp.mean(losses[-window:])
+
+  accuracy, loss = fit(state)
+  accuracy_new, loss_new = fit(fresh.replace(diverged_task=jnp.full([], -1, jnp.int32),
+                                             diverged_step=jnp.full([], -1, jnp.int32)))
+  return dict(zip(FINAL_FIT_KEYS, (accuracy, accuracy_new, loss, loss_new)))
+
+
+def _final_fit_if_last(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
+                       task_number) -> dict:
+  """`final_fit` after the run's last task (``spec.final_fit_task``), NaN after the others."""
+  nan = dict.fromkeys(FINAL_FIT_KEYS, jnp.float32(jnp.nan))
+  if not spec.final_fit_steps:
+    return nan
+  return jax.lax.cond(task_number == spec.final_fit_task,
+                      lambda s: final_fit(spec, hp, data, s), lambda s: nan, state)
 
 
 def within_task_parts(spec: EngineSpec) -> int:

@@ -59,6 +59,11 @@ class EngineSpec:
   # Runs (seeds x grid points) vmapped side by side in `run_tasks`; the rest
   # run in sequence inside the same program (0: all side by side). See there.
   parallel_runs: int = 0
+  # After task `final_fit_task` (the run's last), the trained network and a
+  # fresh one fit the same fresh task for `final_fit_steps` steps (0: never;
+  # see `engine.final_fit`).
+  final_fit_steps: int = 0
+  final_fit_task: int = -1
 
   @property
   def objective(self) -> str:
@@ -164,3 +169,9 @@ class TaskMetrics(NamedTuple):
   diverged_task: jax.Array        # task of the first non-finite step so far, or -1.
   diverged_step: jax.Array        # its step within that task, or -1.
   num_reset: jax.Array            # units ReDo recycled at this task's end; -1 without ReDo.
+  # The yardstick after the run's last task (NaN on every other task): the
+  # trained network and a fresh one fit the same fresh task (`engine.final_fit`).
+  final_fit_accuracy: jax.Array
+  final_fit_accuracy_new_network: jax.Array
+  final_fit_loss: jax.Array
+  final_fit_loss_new_network: jax.Array

@@ -205,7 +205,14 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       support=support(config), hl_gauss_sigma=float(config.loss.hl_gauss_sigma),
       resets=reset_names(config), reset_period=int(r.period_tasks),
       redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb),
-      parallel_runs=int(config.get("parallel_runs", 0)))
+      parallel_runs=int(config.get("parallel_runs", 0)),
+      final_fit_steps=final_fit_steps(config),
+      final_fit_task=config.num_tasks - 1 if final_fit_steps(config) else -1)
+
+
+def final_fit_steps(config: ml_collections.ConfigDict) -> int:
+  """``probes.final_fit_steps`` (0 = no final fit; always 0 without probes)."""
+  return int(config.probes.get("final_fit_steps", 0)) if config.probes.enabled else 0
 
 
 def probe_settings(config: ml_collections.ConfigDict) -> probe_suite.ProbeSettings:

@@ -29,6 +29,10 @@ LAST_TASKS = 3  # plasticity_loss compares task 0 with the mean of this many las
 # Held-out means in summary.json, each with its spread over seeds (_std).
 HELD_OUT_KEYS = ("first_task_test_accuracy", "final_task_test_accuracy",
                  "first_task_test_loss", "final_task_test_loss")
+# With probes.final_fit_steps, the final fit's values (on the last task's row),
+# each with _std; final_fit_gap = final_fit_accuracy_new_network - final_fit_accuracy.
+FINAL_FIT_KEYS = ("final_fit_accuracy", "final_fit_accuracy_new_network", "final_fit_gap",
+                  "final_fit_loss", "final_fit_loss_new_network")
 STD_SUFFIX = "_std"  # summary.json's spread over seeds of a SUMMARY_KEYS entry.
 
 
@@ -271,8 +275,13 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
   * first_task_test_accuracy, final_task_test_accuracy, first_task_test_loss,
     final_task_test_loss: test_accuracy and test_loss (held-out examples) on
     task 0 and the last task (null where undefined or not measured);
+  * with a final fit (``probes.final_fit_steps``): final_fit_accuracy (the
+    trained network on the fresh task), final_fit_accuracy_new_network (a
+    fresh network on it), final_fit_gap (the second minus the first: the
+    plasticity the sequence cost, on one yardstick for every condition),
+    final_fit_loss and final_fit_loss_new_network;
 
-  each of the first five and the four held-out values with its spread over
+  each of the first five, the held-out and the final-fit values with its spread over
   seeds ``<key>_std``, the
   standard deviation ``sqrt(mean_s (v_s - mean v)^2)`` (ddof 0: how far these
   seeds lie apart, not a standard error), plus ``num_seeds`` and the seeds that
@@ -305,6 +314,14 @@ def summarize(rows: Sequence[dict], interventions: Sequence[str]) -> dict:
         values = curve(key)
         held_out[f"first_task_{key}"], held_out[f"final_task_{key}"] = (
             values[:, 0], values[:, -1])
+    if rows and "final_fit_accuracy" in rows[0] and np.isfinite(
+        curve("final_fit_loss")[:, -1]).any():
+      final = {key: curve(key)[:, -1] for key in FINAL_FIT_KEYS[:2] + FINAL_FIT_KEYS[3:]}
+      final["final_fit_gap"] = (final["final_fit_accuracy_new_network"]
+                                - final["final_fit_accuracy"])
+      final["final_fit_loss"] = curve("final_fit_loss")[:, -1]
+      final["final_fit_loss_new_network"] = curve("final_fit_loss_new_network")[:, -1]
+      held_out.update(final)
     out[name] = {
         **{key: _mean(values) for key, values in per_seed.items()},
         "first_task_loss": _mean(curve("train_loss")[:, 0]),

@@ -154,6 +154,8 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "probes.linearized_threshold", lambda v: v >= 0, "must be >= 0")
   _check(config, "probes.test_examples", lambda v: isinstance(v, int) and v >= 0,
          "must be an integer >= 0 (0 = no held-out accuracy)")
+  _check(config, "probes.final_fit_steps", lambda v: isinstance(v, int) and v >= 0,
+         "must be an integer >= 0 (0 = no final fit)")
   for field in ("top_singular_values", "hessian_iters", "ntk_examples", "alignment_examples",
                 "plasticity_targets", "plasticity_steps", "plasticity_batch"):
     _check(config, f"probes.{field}", _positive_int, "must be a positive integer")

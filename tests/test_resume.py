@@ -109,28 +109,28 @@ def _config(cpu_devices=0, distributed=False):
 
 
 def test_a_resume_keeps_the_saved_split_of_a_one_process_run_only():
-  from experiments import synthetic  # pylint: disable=g-import-not-at-top
+  from plastix import experiment  # pylint: disable=g-import-not-at-top
   saved = {"cpu_devices": 2}
-  assert synthetic._resumed_split(_config(), 3, saved) == 2  # the split it started with
+  assert experiment._resumed_split(_config(), 3, saved) == 2  # the split it started with
   # A workdir from before run_info.json held a split: JAX's own devices, as it started.
-  assert synthetic._resumed_split(_config(), 3, {"versions": {}}) is None
-  assert synthetic._resumed_split(_config(), 3, {}) == 3  # run_info.json lost: as if new
-  assert synthetic._resumed_split(_config(cpu_devices=4), 4, saved) == 4  # set: as given
+  assert experiment._resumed_split(_config(), 3, {"versions": {}}) is None
+  assert experiment._resumed_split(_config(), 3, {}) == 3  # run_info.json lost: as if new
+  assert experiment._resumed_split(_config(cpu_devices=4), 4, saved) == 4  # set: as given
   # Resumed as a multi-process job: each process keeps JAX's own devices.
-  assert synthetic._resumed_split(_config(distributed=True), None, saved) is None
+  assert experiment._resumed_split(_config(distributed=True), None, saved) is None
 
 
 def test_a_resume_on_another_layout_is_announced():
-  from experiments import synthetic  # pylint: disable=g-import-not-at-top
+  from plastix import experiment  # pylint: disable=g-import-not-at-top
   two_by_two = {"processes": 2, "run_devices": 4}
   one = {"processes": 1, "run_devices": 1}
-  assert synthetic._resume_note({"layout": two_by_two}, dict(two_by_two)) is None
-  assert synthetic._resume_note({}, one) is None  # layout not recorded
-  note = synthetic._resume_note({"layout": two_by_two}, one)
+  assert experiment._resume_note({"layout": two_by_two}, dict(two_by_two)) is None
+  assert experiment._resume_note({}, one) is None  # layout not recorded
+  note = experiment._resume_note({"layout": two_by_two}, one)
   assert note.startswith("warning: this run last ran on 2 processes, 4 devices and "
                          "resumes on 1 process, 1 device:")
   # Against the latest resume's layout, not the start's.
   moved = {"layout": one, "resumes": [{"layout": two_by_two}]}
-  assert synthetic._resume_note(moved, one).startswith(
+  assert experiment._resume_note(moved, one).startswith(
       "warning: this run last ran on 2 processes, 4 devices and resumes on 1 process")
-  assert synthetic._resume_note(moved, dict(two_by_two)) is None
+  assert experiment._resume_note(moved, dict(two_by_two)) is None

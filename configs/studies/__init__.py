@@ -1,0 +1,1 @@
+"""The paper's studies, one config each: ``get_config("cpu")`` or ``get_config("paper")``."""
