@@ -49,6 +49,9 @@ def _save(fig, path: str) -> None:
   results.write_bytes(path, buf.getvalue())
 
 
+save_figure = _save  # The public name, for modules that draw their own figures.
+
+
 def _plot_curves(ax, rows, interventions, key, label):
   """Mean over seeds and min-max band per condition; NaN tasks (probe skipped) left out."""
   drawn = False
