@@ -14,7 +14,6 @@ import os
 import tempfile
 from typing import Any, Iterable, Sequence
 
-import jax
 import numpy as np
 
 from plastix import grid as grid_lib
@@ -156,6 +155,7 @@ def write_npz(path: str, arrays: dict) -> None:
 
 
 def _leaf_names(metrics) -> tuple[list[str], Any]:
+  import jax  # pylint: disable=g-import-not-at-top  (reading results needs no JAX)
   flat, treedef = jax.tree_util.tree_flatten_with_path(metrics)
   return [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat], treedef
 
@@ -165,6 +165,7 @@ def write_share(path: str, runs: np.ndarray, metrics) -> None:
   runs of the job its rows are) and every leaf of `metrics` by its pytree path
   (``train_loss``, ``layer_param_norm/Dense_0``, ...)."""
   names, _ = _leaf_names(metrics)
+  import jax  # pylint: disable=g-import-not-at-top
   arrays = dict(zip(names, jax.tree.leaves(metrics)))
   arrays["runs"] = np.asarray(runs)
   write_npz(path, {k: np.asarray(v) for k, v in arrays.items()})
@@ -188,6 +189,7 @@ def merge_shares(like, paths: Sequence[str], num_runs: int):
       covered[runs] = True
   if not covered.all():
     raise ValueError(f"runs {np.flatnonzero(~covered).tolist()} are in none of {list(paths)}")
+  import jax  # pylint: disable=g-import-not-at-top
   return jax.tree_util.tree_unflatten(treedef, merged)
 
 
