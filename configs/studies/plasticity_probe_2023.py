@@ -32,12 +32,13 @@ def get_config(scale: str = "cpu"):
   config.probes.test_examples = 0 if scale == "cpu" else config.probes.test_examples
   cells = config.study.cells
   if scale == "cpu":
-    config.num_tasks = 8
-    config.steps_per_task = 150
-    config.probes.plasticity_every = 4
-    config.probes.plasticity_steps = 150
+    config.num_tasks = 6
+    config.steps_per_task = 100
+    config.probes.plasticity_every = 3
+    config.probes.plasticity_steps = 100
+    config.probes.batch_size = 256
     cells.a_mlp = "model.name=mlp"
-    cells.b_cnn = "model.name=cnn;model.cnn_channels=(16, 32);model.depth=1"
+    cells.b_cnn = "model.name=cnn;model.cnn_channels=(8, 16);model.depth=1;batch_size=64"
   else:
     config.probes.plasticity_targets = 10
     config.probes.plasticity_steps = 2000
