@@ -70,6 +70,13 @@ def get_config() -> ml_collections.ConfigDict:
   # machines with different core counts), one for other models (a CNN measured
   # slower split); 1: one device. No effect on a GPU or TPU.
   config.cpu_devices = 0
+  # Seconds a chunk of tasks may make no progress before the job ends with one
+  # line on stderr saying why, exit status 3 (plastix.watchdog; finished chunks
+  # stay checkpointed). On CPU devices: seconds in a row of the process using no
+  # CPU (a deadlock: compiling or a slow chunk keeps a core busy and never
+  # counts). On a GPU or TPU: a chunk longer than this and 20x the slowest
+  # chunk so far. 0: never.
+  config.stall_timeout_s = 300.0
 
   # Multi-process jobs (one process per host): jax.distributed.initialize() with
   # these arguments; "" / -1 let JAX detect them (SLURM, Open MPI, TPU pods).

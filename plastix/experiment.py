@@ -95,6 +95,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # job (process_id) and may change on resume (the runs then continue on the new
 # layout, whose float rounding can differ; see `_resume_note`).
 _LAYOUT_FIELDS = ("distributed.",)
+# How long to wait for a stalled chunk (plastix.watchdog): changes nothing a
+# run computes, so a run may resume with another value.
+_WATCH_FIELDS = ("stall_timeout_s",)
 # Fields added since a workdir may have been written, with the value that
 # means what the older code did (cpu_devices: its run_info.json holds no split,
 # so the run resumes on JAX's own devices, as it started).
@@ -114,7 +117,8 @@ def is_resumable(workdir: str, config_dict: dict) -> bool:
                      "use a new --workdir") from None
   old, new = {**_ADDED_FIELDS, **_flatten(saved)}, _flatten(config_dict)
   changed = sorted(k for k in old.keys() | new.keys()
-                   if old.get(k) != new.get(k) and not k.startswith(_LAYOUT_FIELDS))
+                   if old.get(k) != new.get(k)
+                   and not k.startswith(_LAYOUT_FIELDS + _WATCH_FIELDS))
   if changed:
     raise UsageError(f"--workdir {workdir!r} holds a run with a different config "
                      f"({', '.join(changed)}); use a new --workdir or the same config to "

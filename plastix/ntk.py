@@ -82,7 +82,8 @@ def ntk_stats(gram: jax.Array) -> dict[str, jax.Array]:
     effective_rank       = exp(-sum_k p_k log p_k),  p = lambda / sum(lambda)
     top_eigenvalue_share = lambda_max / sum_k lambda_k = lambda_max / tr(K)
 
-  lambda are the eigenvalues of K, clipped at 0 against round-off. The
+  lambda are the eigenvalues of K (`probes.symmetric_eigenvalues`, one
+  LAPACK call per matrix under vmap), clipped at 0 against round-off. The
   effective rank is that of `probes.spectral_effective_rank` applied to the
   eigenvalues of K (the squared singular values of the Jacobian). A diagonal
   kernel has diagonal share 1 and off-diagonal cosine 0; a rank-one kernel has
@@ -106,7 +107,7 @@ def ntk_stats(gram: jax.Array) -> dict[str, jax.Array]:
   cosine = jnp.where(scale > 0, jnp.abs(k) / safe(scale), 0.0)
   off_diagonal = 1.0 - jnp.eye(n, dtype=k.dtype)
   off_diagonal_cosine = jnp.sum(cosine * off_diagonal) / max(n * (n - 1), 1)
-  eigenvalues = jnp.clip(jnp.linalg.eigvalsh(k), 0.0)
+  eigenvalues = jnp.clip(probes.symmetric_eigenvalues(k), 0.0)
   total = jnp.sum(eigenvalues)
   top_share = jnp.where(total > 0, jnp.max(eigenvalues) / safe(total), 0.0)
   return dict(diagonal_share=diagonal_share, off_diagonal_mass=off_diagonal_mass,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 DORMANT_EPS = 1e-9
 
@@ -66,9 +68,192 @@ def linearized_fraction(preactivations: jax.Array) -> jax.Array:
   return jnp.mean(jnp.all(preactivations > 0, axis=axes))
 
 
+def one_matrix_per_call(linalg_fn):
+  r"""`linalg_fn` (a LAPACK-backed function of one matrix, returning arrays)
+  made to call LAPACK on one matrix at a time wherever it is vmapped.
+
+  Under ``jax.vmap`` (nested or not) the wrapped function runs a loop
+  (``lax.map``) over the stacked matrices, one unbatched LAPACK call each,
+  instead of a single call on the ``[batch, m, n]`` stack. The values are the
+  same: the batched kernel applies the same LAPACK routine to each matrix in
+  turn. When the stack is sharded along its first axis (the runs over the
+  devices, `plastix.sharding`), each device loops over its own matrices
+  (`_partitioned_loop`), with no communication. The wrapped function has no
+  derivative of its own (see `singular_values` for one).
+
+  Why: jaxlib 0.10's CPU kernels for a *batched* SVD, eigendecomposition,
+  QR, LU, Cholesky and triangular solve (``ParallelBatchMap`` in its
+  ``lapack_kernels.cc``) split the batch into chunks, schedule them on XLA's
+  intra-op thread pool and block their own thread until the chunks are done.
+  That thread is itself one of the pool's threads, and the pool is shared by
+  every CPU device of the process (``max(cores, devices)`` threads). When as
+  many devices' programs reach the kernel at once as the pool has threads,
+  which is the usual case with a CPU host split into devices in lockstep,
+  every pool thread blocks waiting for chunks that no free thread is left
+  to run, and the process deadlocks without a message. A kernel on one
+  matrix runs inline on its own thread and never waits on the pool.
+  """
+  stacked = _partitioned_loop(linalg_fn)
+
+  @jax.custom_batching.custom_vmap
+  def over_stack(stack):
+    return stacked(stack)
+
+  @over_stack.def_vmap
+  def _over_stacks(axis_size, in_batched, stack):  # A vmap around a stack: one longer stack.
+    del axis_size
+    if not in_batched[0]:
+      out = over_stack(stack)
+      return out, jax.tree.map(lambda _: False, out)
+    out = over_stack(stack.reshape((-1,) + stack.shape[2:]))
+    return (jax.tree.map(lambda o: o.reshape(stack.shape[:2] + o.shape[1:]), out),
+            jax.tree.map(lambda _: True, out))
+
+  @jax.custom_batching.custom_vmap
+  def one_matrix(matrix):
+    return linalg_fn(matrix)
+
+  @one_matrix.def_vmap
+  def _stack(axis_size, in_batched, matrix):  # A vmap around one matrix: a stack.
+    del axis_size
+    out = over_stack(matrix) if in_batched[0] else one_matrix(matrix)
+    return out, jax.tree.map(lambda _: bool(in_batched[0]), out)
+
+  return one_matrix
+
+
+def _leading_axis_sharding(sharding, ndim: int) -> NamedSharding:
+  """`sharding` (a `NamedSharding`) on the first axis only, every other axis whole."""
+  if not isinstance(sharding, NamedSharding):
+    raise ValueError("one_matrix_per_call: a stack split over several devices needs a "
+                     f"NamedSharding to keep each device's matrices local (got {sharding})")
+  first = sharding.spec[0] if len(sharding.spec) else None
+  return NamedSharding(sharding.mesh, PartitionSpec(first, *([None] * (ndim - 1))))
+
+
+def _partitioned_loop(linalg_fn):
+  """``stack [B, ...] -> lax.map(linalg_fn, stack)``, partitioned along B.
+
+  A loop over a sharded axis would make XLA gather the whole stack onto
+  every device; this one tells XLA's partitioner (`custom_partitioning`)
+  that the matrices are independent, so each device loops over the
+  matrices it holds, its results staying sharded like the stack.
+  """
+  def loop(stack):
+    return jax.lax.map(linalg_fn, stack)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del mesh
+    (stack,) = arg_shapes
+    placed = _leading_axis_sharding(stack.sharding, stack.ndim)
+    results = jax.tree.map(lambda r: _leading_axis_sharding(placed, r.ndim), result_shape)
+    return placed.mesh, loop, results, (placed,)
+
+  def infer_sharding_from_operands(mesh, arg_shapes, result_shape):
+    del mesh
+    (stack,) = arg_shapes
+    return jax.tree.map(lambda r: _leading_axis_sharding(stack.sharding, r.ndim), result_shape)
+
+  def sharding_rule(mesh, operand_types, result_types):
+    # "b i1 i2 -> b r0_1, ...": the first axis shared, every other one free.
+    del mesh
+    axes = lambda prefix, rank: " ".join(["b"] + [f"{prefix}{d}" for d in range(1, rank)])
+    (operand,) = operand_types
+    results = ", ".join(axes(f"r{j}_", len(t.shape)) for j, t in enumerate(result_types))
+    return f"{axes('i', len(operand.shape))} -> {results}"
+
+  partitioned = custom_partitioning(loop)
+  partitioned.def_partition(partition=partition, sharding_rule=sharding_rule,
+                            infer_sharding_from_operands=infer_sharding_from_operands)
+  return partitioned
+
+
+def _over_leading_axes(matrix_fn, a: jax.Array) -> jax.Array:
+  """`matrix_fn` of each ``[m, n]`` matrix of ``a [..., m, n]`` (one call per matrix)."""
+  if a.ndim <= 2:
+    return matrix_fn(a)
+  out = jax.vmap(matrix_fn)(a.reshape((-1,) + a.shape[-2:]))
+  return out.reshape(a.shape[:-2] + out.shape[1:])
+
+
+@one_matrix_per_call
+def _svd_values(a: jax.Array) -> jax.Array:
+  """``jnp.linalg.svd(a, compute_uv=False)`` of one matrix."""
+  return jnp.linalg.svd(a, compute_uv=False)
+
+
+@one_matrix_per_call
+def _svd_thin(a: jax.Array):
+  """``jnp.linalg.svd(a, full_matrices=False)`` of one matrix: ``(U, s, V^T)``."""
+  return jnp.linalg.svd(a, full_matrices=False)
+
+
+@jax.custom_jvp
+def _matrix_singular_values(a: jax.Array) -> jax.Array:
+  """Singular values of one matrix, one LAPACK call per matrix under vmap."""
+  return _svd_values(a)
+
+
+@_matrix_singular_values.defjvp
+def _matrix_singular_values_jvp(primals, tangents):
+  r"""``d sigma_i = u_i^T dA v_i`` (u_i, v_i the i-th left and right singular
+  vectors), the derivative ``jnp.linalg.svd`` itself uses."""
+  (a,), (da,) = primals, tangents
+  u, _, vt = _svd_thin(a)
+  return _svd_values(a), jnp.einsum("ki,kl,il->i", u, da, vt)
+
+
 def singular_values(features: jax.Array) -> jax.Array:
-  """Singular values of a ``[examples, features]`` matrix, largest first."""
-  return jnp.linalg.svd(features, compute_uv=False)
+  r"""Singular values of a ``[examples, features]`` matrix, largest first.
+
+    sigma_1 >= sigma_2 >= ... >= sigma_min(examples, features) >= 0,
+
+  the square roots of the eigenvalues of ``A^T A``, as
+  ``jnp.linalg.svd(A, compute_uv=False)`` gives them (and differentiable as
+  it is). Leading axes (``[..., examples, features]``), and any ``jax.vmap``
+  around the call, are looped over with one matrix per LAPACK call
+  (`one_matrix_per_call`), never handed to the batched kernel, which can
+  deadlock a CPU host split into devices.
+  """
+  return _over_leading_axes(_matrix_singular_values, features)
+
+
+@one_matrix_per_call
+def _eigvalsh(a: jax.Array) -> jax.Array:
+  """``jnp.linalg.eigvalsh(a)`` of one matrix."""
+  return jnp.linalg.eigvalsh(a)
+
+
+@one_matrix_per_call
+def _eigh(a: jax.Array):
+  """``jnp.linalg.eigh(a)`` of one matrix: ``(eigenvalues, eigenvectors)``."""
+  return jnp.linalg.eigh(a)
+
+
+@jax.custom_jvp
+def _matrix_eigenvalues(a: jax.Array) -> jax.Array:
+  """Eigenvalues of one symmetric matrix, one LAPACK call per matrix under vmap."""
+  return _eigvalsh(a)
+
+
+@_matrix_eigenvalues.defjvp
+def _matrix_eigenvalues_jvp(primals, tangents):
+  r"""``d lambda_i = v_i^T dA v_i`` (v_i the i-th eigenvector), as ``jnp.linalg.eigh``."""
+  (a,), (da,) = primals, tangents
+  _, v = _eigh(a)
+  return _eigvalsh(a), jnp.einsum("ki,kl,li->i", v, da, v)
+
+
+def symmetric_eigenvalues(matrix: jax.Array) -> jax.Array:
+  r"""Eigenvalues of a symmetric ``[n, n]`` matrix in ascending order.
+
+    A v_i = lambda_i v_i,   lambda_1 <= ... <= lambda_n,
+
+  as ``jnp.linalg.eigvalsh(A)`` gives them (of ``(A + A^T) / 2``).
+  Leading axes and any ``jax.vmap`` around the call are looped over with one
+  matrix per LAPACK call (`one_matrix_per_call`).
+  """
+  return _over_leading_axes(_matrix_eigenvalues, matrix)
 
 
 def spectral_effective_rank(spectrum: jax.Array) -> jax.Array:

@@ -4,7 +4,8 @@
 model structure, runs the tasks in equal chunks (so progress can be printed
 between them without new compilations) and returns numpy metrics;
 `run_intervention_share` is the same loop returning only this process's runs,
-for multi-process jobs.
+for multi-process jobs. A chunk whose program stops making progress ends the
+process with one line on stderr (`plastix.watchdog`, ``config.stall_timeout_s``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from plastix import grid as grid_lib
 from plastix import interventions
 from plastix import results
 from plastix import sharding
+from plastix import watchdog
 
 
 def chunk_length(num_tasks: int, tasks_per_chunk: int) -> int:
@@ -126,20 +128,33 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
     chunks.append(sharding.local_rows(restored, runs))
     if progress is not None:
       progress(f"[{name}] resumed from checkpoint after task {done}/{resolved.num_tasks}")
-  while done < resolved.num_tasks:
-    states, metrics = run_chunk(states, data, hp, first_task=done)
-    # Over every run, computed where the runs are (every process takes part).
-    accuracy = _mean_final_accuracy(metrics.train_accuracy)
-    chunks.append(sharding.local_rows(metrics, runs))
-    done += chunk
-    if ckpt is not None:
-      so_far = _concat_tasks(chunks)
-      ckpt.save(done, states, so_far if mesh is None else
-                sharding.from_local_rows(so_far, runs, num_runs, mesh))
-    if progress is not None:
-      progress(f"[{name}] task {done}/{resolved.num_tasks}  train_accuracy "
-               f"{float(accuracy.addressable_data(0)):.3f}  "
-               f"{time.perf_counter() - start:.1f}s")
+  timeout_s = float(resolved.get("stall_timeout_s", watchdog.DEFAULT_STALL_TIMEOUT_S))
+  platform, num_devices = _devices(mesh)
+  slowest = None  # The slowest chunk so far, compilation included (seconds).
+  with watchdog.Watchdog() as dog:
+    while done < resolved.num_tasks:
+      tasks = f"task {done + 1}" if chunk == 1 else f"tasks {done + 1}-{done + chunk}"
+      what = (f"[{name}] the program for {tasks} of {resolved.num_tasks} ({num_runs} runs "
+              f"on {num_devices} {platform} device{'s' if num_devices > 1 else ''})")
+      chunk_start = time.perf_counter()
+      # Compiling (the first time), running and copying back: a wait the
+      # watchdog ends if it stalls (see `plastix.watchdog`).
+      with dog.watching(watchdog.chunk_limits(timeout_s, platform, slowest), what,
+                        stall_advice(checkpoint_dir, platform, done)):
+        states, metrics = run_chunk(states, data, hp, first_task=done)
+        # Over every run, computed where the runs are (every process takes part).
+        accuracy = _mean_final_accuracy(metrics.train_accuracy)
+        chunks.append(sharding.local_rows(metrics, runs))
+        accuracy = float(accuracy.addressable_data(0))
+      slowest = max(slowest or 0.0, time.perf_counter() - chunk_start)
+      done += chunk
+      if ckpt is not None:
+        so_far = _concat_tasks(chunks)
+        ckpt.save(done, states, so_far if mesh is None else
+                  sharding.from_local_rows(so_far, runs, num_runs, mesh))
+      if progress is not None:
+        progress(f"[{name}] task {done}/{resolved.num_tasks}  train_accuracy "
+                 f"{accuracy:.3f}  {time.perf_counter() - start:.1f}s")
   if ckpt is not None:
     ckpt.close()
   return RunShare(runs, _concat_tasks(chunks), num_runs)
@@ -169,3 +184,25 @@ def merge_over_processes(share: RunShare, folder: str, num_runs: int):
 def _mean_final_accuracy(train_accuracy: jax.Array) -> jax.Array:
   """Mean over runs of the accuracy on the chunk's last task."""
   return jnp.mean(train_accuracy[:, -1])
+
+
+def _devices(mesh: jax.sharding.Mesh | None) -> tuple[str, int]:
+  """``(platform, count)`` of the devices the runs train on (the default device without a mesh)."""
+  if mesh is None:
+    return jax.devices()[0].platform, 1
+  return mesh.devices.flat[0].platform, mesh.size
+
+
+def stall_advice(checkpoint_dir: str | None, platform: str, tasks_done: int) -> str:
+  """What the watchdog's line advises when a chunk stalls after `tasks_done`
+  tasks: what is saved, how to resume, and the settings to try."""
+  if checkpoint_dir is None:
+    saved = "no checkpoint is kept for this run"
+  elif tasks_done:
+    saved = (f"tasks 1-{tasks_done} are checkpointed in {checkpoint_dir} and the same "
+             "command resumes from there")
+  else:
+    saved = "no task of this intervention had finished"
+  split = ("; if it stalls again, try --config.cpu_devices=1 (one CPU device, in a new "
+           "--workdir)" if platform == "cpu" else "")
+  return f"{saved}{split}; --config.stall_timeout_s=N sets the wait (0: never stop)"

@@ -12,6 +12,15 @@ runs as a separate device: `cpu_device_count` says how many devices to
 split a host into for a given number of runs, and `use_cpu_devices` does it
 (before JAX's first operation).
 
+The devices of one process run their programs on a single shared pool of
+``max(cores, devices)`` threads (XLA's CPU client). An operation that blocks
+its pool thread until work it queued on the same pool is done deadlocks the
+process as soon as every pool thread does so at once, which devices running
+the same program in lockstep do: jaxlib 0.10's batched LAPACK kernels (SVD,
+eigendecomposition, ...) are such operations, so the engine's programs call
+LAPACK one matrix at a time (`plastix.probes.one_matrix_per_call`), and a
+chunk that stalls anyway ends the job with one line (`plastix.watchdog`).
+
 In a multi-process job each process holds only its devices' runs:
 `process_rows` says which, `local_rows` copies them to the host without any
 communication, and `from_local_rows` builds the global arrays back from every

@@ -290,6 +290,10 @@ def _validate_cpu_devices(config: ml_collections.ConfigDict) -> None:
   _check(config, "cpu_devices", lambda v: v <= 1 or config.shard_seeds,
          "more than one device trains nothing unless the runs are sharded over them; "
          "set shard_seeds True, or cpu_devices 0 or 1")
+  if "stall_timeout_s" in config:  # plastix.watchdog; 0 = never.
+    _check(config, "stall_timeout_s", lambda v: isinstance(v, (int, float))
+           and not isinstance(v, bool) and 0 <= v < float("inf"),
+           "must be a number of seconds >= 0 (0 = never stop a stalled run)")
 
 
 def check_parallel_runs(parallel_runs: int, num_runs: int, num_devices: int) -> None:
