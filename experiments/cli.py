@@ -160,3 +160,15 @@ def unknown_field_message(error: Exception, argv: Sequence[str], name: str = "co
   except Exception:  # pylint: disable=broad-except
     message = None
   return message or f"--{name}: {str(error).splitlines()[0]}"
+
+
+def parse_flags(argv):
+  """absl's flag parsing for an entry point (``app.run(main, flags_parser=...)``):
+  a bad flag or override is one line and exit status 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # config_flags: a field the config lacks.
+    fail(unknown_field_message(e, argv))
+  except (flags.Error, ValueError, TypeError, OSError) as e:
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

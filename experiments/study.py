@@ -51,15 +51,6 @@ ARRAY_INDEX = "SLURM_ARRAY_TASK_ID"
 _TASK_LINE = re.compile(r"^\[(?P<name>[^\]]+)\] task (?P<done>\d+)/(?P<total>\d+)")
 
 
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # config_flags: a field the config lacks.
-    cli.fail(cli.unknown_field_message(e, argv))
-  except (flags.Error, ValueError, TypeError, OSError) as e:
-    cli.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
 def _duration(seconds: float) -> str:
   seconds = int(round(seconds))
   if seconds < 60:
@@ -228,4 +219,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

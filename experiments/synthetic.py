@@ -44,15 +44,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
 USAGE_ERROR = cli.USAGE_ERROR
 
 
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # config_flags: a field the config lacks.
-    cli.fail(cli.unknown_field_message(e, argv))
-  except (flags.Error, ValueError, TypeError, OSError) as e:
-    cli.fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
@@ -79,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
