@@ -144,14 +144,22 @@ def probe_loss_fn(spec: EngineSpec, model_state, target_scale):
     out, _ = apply_model(spec, params, model_state, x, train=False)
     if spec.objective == "regression":
       return regression_loss(spec, out, y)
-    onehot = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
-    if spec.objective == "bandit":
-      return jnp.mean(losses.mse(out, onehot))
-    if spec.loss == "mse":
-      return jnp.mean(losses.mse(out, target_scale * onehot))
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
+    return jnp.mean(label_losses(spec, out, y, target_scale))
 
   return loss
+
+
+def label_losses(spec: EngineSpec, outputs, labels, target_scale) -> jax.Array:
+  """``[B]`` per-example supervised losses of a labelled objective, as
+  `probe_loss_fn` averages them: cross-entropy (or, with ``loss = "mse"``, the
+  squared error to ``target_scale * onehot``); for the bandit the squared error
+  of every action's value to its reward ``1[a = y]``."""
+  if spec.objective == "bandit":
+    return losses.mse(outputs, jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype))
+  if spec.loss == "mse":
+    onehot = jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
+    return losses.mse(outputs, target_scale * onehot)
+  return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
 
 
 def held_out_metrics(spec: EngineSpec, params, model_state, task: shifts.Task,
@@ -193,13 +201,7 @@ def held_out_metrics(spec: EngineSpec, params, model_state, task: shifts.Task,
                                         spec.shift_params, held_out=raw)
     return nan, regression_loss(spec, out, targets * task.target_scale)
   labels, weights = shifts.held_out_labels(task, data.test_labels)
-  onehot = jax.nn.one_hot(labels, out.shape[-1], dtype=out.dtype)
-  if spec.objective == "bandit":
-    per_example = losses.mse(out, onehot)
-  elif spec.loss == "mse":
-    per_example = losses.mse(out, task.target_scale * onehot)
-  else:
-    per_example = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+  per_example = label_losses(spec, out, labels, task.target_scale)
   correct = (jnp.argmax(out, -1) == labels).astype(jnp.float32)
   total = jnp.sum(weights)
   return jnp.sum(weights * correct) / total, jnp.sum(weights * per_example) / total
