@@ -37,8 +37,13 @@ GRID_FIELDS = {
 Point = dict  # config field -> float, in the grid's field order.
 
 
-def parse(grid: str) -> list[tuple[str, tuple[float, ...]]]:
-  """``"a=1,2;b=3"`` -> ``[("a", (1.0, 2.0)), ("b", (3.0,))]``; ValueError says what is wrong."""
+def parse(grid: str, fields_allowed=None) -> list[tuple[str, tuple[float, ...]]]:
+  """``"a=1,2;b=3"`` -> ``[("a", (1.0, 2.0)), ("b", (3.0,))]``; ValueError says what is wrong.
+
+  `fields_allowed` names the traced config fields a grid may set (default
+  `GRID_FIELDS`, the supervised engine's; an RL learner passes its own).
+  """
+  allowed = GRID_FIELDS if fields_allowed is None else fields_allowed
   fields = []
   for entry in (e.strip() for e in grid.split(";")):
     if not entry:
@@ -46,9 +51,9 @@ def parse(grid: str) -> list[tuple[str, tuple[float, ...]]]:
     field, sep, values = (s.strip() for s in entry.partition("="))
     if not sep or not values:
       raise ValueError(f"{entry!r} is not FIELD=V1,V2,...")
-    if field not in GRID_FIELDS:
+    if field not in allowed:
       raise ValueError(f"{field!r} is not a traced hyperparameter; choose from "
-                       f"{', '.join(GRID_FIELDS)}")
+                       f"{', '.join(allowed)}")
     if field in (f for f, _ in fields):
       raise ValueError(f"{field!r} appears twice")
     try:
@@ -61,9 +66,9 @@ def parse(grid: str) -> list[tuple[str, tuple[float, ...]]]:
   return fields
 
 
-def points(grid: str) -> list[Point]:
+def points(grid: str, fields_allowed=None) -> list[Point]:
   """The grid's points (Cartesian product, first field slowest); ``[{}]`` for no grid."""
-  fields = parse(grid)
+  fields = parse(grid, fields_allowed)
   names = [f for f, _ in fields]
   return [dict(zip(names, combo)) for combo in itertools.product(*(v for _, v in fields))]
 
@@ -95,6 +100,7 @@ def condition(intervention: str, point_label: str) -> str:
   return f"{intervention} [{point_label}]" if point_label else intervention
 
 
-def conditions(interventions: Sequence[str], grid: str) -> list[str]:
+def conditions(interventions: Sequence[str], grid: str, fields_allowed=None) -> list[str]:
   """Every condition of a study: interventions outermost, then grid points."""
-  return [condition(name, label(p)) for name in interventions for p in points(grid)]
+  return [condition(name, label(p)) for name in interventions
+          for p in points(grid, fields_allowed)]

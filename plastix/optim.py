@@ -143,6 +143,23 @@ def make_optimizer(name: str, learning_rate, weight_decay, *, b1=0.9, b2=0.999,
                                 mask=WEIGHT_DECAY_MASKS[weight_decay_mask])
 
 
+def training_optimizer(name: str, learning_rate, weight_decay, *, b1=0.9, b2=0.999, eps=1e-8,
+                       weight_decay_mask: str = "all", l2_init_strength=None,
+                       normalize_and_project_kernels: bool = False
+                       ) -> optax.GradientTransformation:
+  """The optimizer every plastix learner trains with: `make_optimizer`, with
+  `l2_init` before it when ``l2_init_strength`` is given (the pull towards the
+  initial parameters, over the same mask as the decay) and
+  `normalize_and_project` of the kernels after it when asked."""
+  opt = make_optimizer(name, learning_rate, weight_decay, b1=b1, b2=b2, eps=eps,
+                       weight_decay_mask=weight_decay_mask)
+  if l2_init_strength is not None:
+    opt = optax.chain(l2_init(l2_init_strength, mask=WEIGHT_DECAY_MASKS[weight_decay_mask]), opt)
+  if normalize_and_project_kernels:
+    opt = optax.chain(opt, normalize_and_project(mask=kernel_mask))
+  return opt
+
+
 def _leaf_norm(x: jax.Array) -> jax.Array:
   """Frobenius norm of one array, computed in float32."""
   return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))

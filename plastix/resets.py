@@ -610,3 +610,96 @@ def maybe_reset(should_reset: jax.Array | bool, reset_fn: Callable[[Any], Any], 
     The new state.
   """
   return jax.lax.cond(should_reset, reset_fn, lambda s: s, state)
+
+
+# ----------------------------------------------------------------------------
+# Resets by name: one hook each, shared by every learner.
+
+
+class Networks(NamedTuple):
+  """What a named reset may change: the learner's network, its optimizer state
+  and normalisation statistics, and its target network (None without one)."""
+  params: Any
+  opt_state: Any
+  model_state: Any
+  target_params: Any = None
+
+
+class ResetContext(NamedTuple):
+  """What a named reset reads: the optimizer, a fresh initialisation (drawn
+  with a fresh key), the model's ReDo layers, the hidden activations on the
+  learner's probe batch, and the strengths."""
+  optimizer: optax.GradientTransformation
+  fresh_params: Any
+  fresh_model_state: Any
+  redo_layers: Sequence[LayerSpec] | None  # None where ReDo does not apply.
+  activations: Callable[[Any, Any], Sequence[jax.Array]]  # (params, model_state) -> acts
+  redo_tau: float | jax.Array = 0.1
+  shrink: float | jax.Array = 0.8
+  perturb: float | jax.Array = 0.2
+
+
+def _redo_hook(nets: Networks, ctx: ResetContext):
+  """`redo` at ``redo_tau`` on the probe batch, with `reset_norm_statistics`."""
+  acts = ctx.activations(nets.params, nets.model_state)
+  params, opt_state, info = redo(ctx.optimizer, nets.params, nets.opt_state, acts,
+                                 ctx.fresh_params, ctx.redo_layers, ctx.redo_tau)
+  model_state = reset_norm_statistics(nets.model_state, ctx.fresh_model_state,
+                                      ctx.redo_layers, info.unit_masks)
+  return nets._replace(params=params, opt_state=opt_state, model_state=model_state), \
+      info.num_reset
+
+
+def _shrink_and_perturb_hook(nets: Networks, ctx: ResetContext):
+  """``p <- shrink p + perturb p_fresh``; the optimizer state is kept."""
+  params = shrink_and_perturb(nets.params, ctx.fresh_params, ctx.shrink, ctx.perturb)
+  return nets._replace(params=params), None
+
+
+def _head_reset_hook(nets: Networks, ctx: ResetContext):
+  """`reset_head`; a target network gets the same fresh head."""
+  params, opt_state = reset_head(ctx.optimizer, nets.params, nets.opt_state, ctx.fresh_params)
+  target = nets.target_params
+  if target is not None:
+    target, _ = reset_head(None, target, None, ctx.fresh_params)
+  return nets._replace(params=params, opt_state=opt_state, target_params=target), None
+
+
+def _full_reset_hook(nets: Networks, ctx: ResetContext):
+  """`full_reset`: a fresh network, optimizer state and statistics; a target
+  network becomes the fresh network (a fresh agent's target is its own init)."""
+  params, opt_state = full_reset(ctx.fresh_params, ctx.optimizer)
+  target = None if nets.target_params is None else ctx.fresh_params
+  return Networks(params, opt_state, ctx.fresh_model_state, target), None
+
+
+# name -> hook(networks, context) -> (networks, units reset or None). A target
+# network follows the resets that re-initialise whole layers (head, full); ReDo
+# and shrink-and-perturb change part of the network and leave it to its next sync.
+HOOKS: dict[str, Callable[[Networks, ResetContext], tuple]] = {
+    "redo": _redo_hook,
+    "shrink_and_perturb": _shrink_and_perturb_hook,
+    "head_reset": _head_reset_hook,
+    "full_reset": _full_reset_hook,
+}
+
+
+def apply_named(names: Sequence[str], nets: Networks, ctx: ResetContext):
+  """Runs the resets `names` in order (see `HOOKS`).
+
+  Returns ``(networks, units ReDo reset)``: the count is -1 when ``redo`` is
+  not among `names`.
+
+  Raises:
+    ValueError: an unknown name, or ``redo`` where ``ctx.redo_layers`` is None.
+  """
+  num_reset = jnp.full([], -1, jnp.int32) if "redo" not in names else jnp.zeros([], jnp.int32)
+  for name in names:
+    if name not in HOOKS:
+      raise ValueError(f"unknown reset {name!r}; choose from {', '.join(METHODS)}")
+    if name == "redo" and ctx.redo_layers is None:
+      raise ValueError("redo: the model has no ReDo layers (residual streams)")
+    nets, count = HOOKS[name](nets, ctx)
+    if count is not None:
+      num_reset = num_reset + count
+  return nets, num_reset

@@ -1,0 +1,144 @@
+"""Running every intervention of an RL config into a workdir: the library behind
+``experiments.rl``.
+
+* `prepare(config)` checks every field (and every intervention's edit of it)
+  before anything compiles; bad input raises `plastix.experiment.UsageError`.
+* `run(prepared, workdir)` trains each intervention, all seeds and grid points
+  in one program (`plastix.rl.loop.run_windows`, in chunks of
+  ``windows_per_chunk`` evaluation windows), and writes ``config.json``,
+  ``run_info.json``, ``metrics.csv`` (after every intervention),
+  ``summary.json``, ``returns.png``, ``probes.png`` and ``checkpoints/``. The
+  same call on a workdir of the same config resumes it, inside an
+  intervention from its last checkpoint; a different config is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, NamedTuple
+
+import ml_collections
+
+from plastix import experiment as base
+from plastix import grid as grid_lib
+from plastix import results as base_results
+from plastix import interventions
+from plastix.rl import from_config
+
+UsageError = base.UsageError
+
+
+class Prepared(NamedTuple):
+  config: ml_collections.ConfigDict
+  names: tuple[str, ...]
+
+
+def prepare(config: ml_collections.ConfigDict) -> Prepared:
+  """Checks `config`; raises `UsageError` (one line naming the field)."""
+  try:
+    names = from_config.check(config)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return Prepared(config, names)
+
+
+def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dict):
+  """Every seed and grid point of `config` under intervention `name`: WindowMetrics [run, window]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from plastix import checkpointing, watchdog  # pylint: disable=g-import-not-at-top
+  from plastix.rl import loop  # pylint: disable=g-import-not-at-top
+  resolved = interventions.apply(config, name)
+  spec = from_config.spec(resolved)
+  points, hp = from_config.grid_hparams(resolved)
+  keys = from_config.seed_keys(resolved, len(points))
+  total_windows = resolved.total_env_steps // resolved.eval_every_steps
+  chunk = min(resolved.windows_per_chunk, total_windows)
+  states = loop.init_states(keys, hp, spec=spec)
+  ckpt = checkpointing.Checkpointer(checkpoint_dir)
+  done, parts = 0, []
+  latest = ckpt.latest_tasks_done()
+  if latest is not None:
+    _, like = jax.eval_shape(lambda s: loop.run_windows(s, hp, spec=spec, num_windows=latest),
+                             states)
+    states, restored = ckpt.restore(latest, states,
+                                    jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), like))
+    parts.append(jax.tree.map(np.asarray, restored))
+    done = latest
+    progress(f"[{name}] resumed from checkpoint after {done * resolved.eval_every_steps} "
+             "env steps")
+  timeout_s = float(resolved.stall_timeout_s)
+  platform = jax.default_backend()
+  slowest = None
+  with watchdog.Watchdog() as dog:
+    while done < total_windows:
+      n = min(chunk, total_windows - done)
+      what = (f"[{name}] the program for env steps {done * resolved.eval_every_steps + 1}-"
+              f"{(done + n) * resolved.eval_every_steps} ({keys.shape[0]} runs)")
+      started = time.perf_counter()
+      with dog.watching(watchdog.chunk_limits(timeout_s, platform, slowest), what,
+                        "the same command resumes from the last checkpoint"):
+        states, metrics = loop.run_windows(states, hp, spec=spec, num_windows=n,
+                                           first_window=done)
+        metrics = jax.tree.map(np.asarray, metrics)
+      elapsed = time.perf_counter() - started
+      slowest = max(slowest or 0.0, elapsed)
+      parts.append(metrics)
+      done += n
+      so_far = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+      parts = [so_far]
+      ckpt.save(done, states, so_far)
+      job["steps_done"] += n * resolved.eval_every_steps * keys.shape[0]
+      rate = n * resolved.eval_every_steps * keys.shape[0] / elapsed
+      ret = np.nanmean(metrics.episode_return[:, -1]) if np.isfinite(
+          metrics.episode_return[:, -1]).any() else float("nan")
+      remaining = job["steps_total"] - job["steps_done"]
+      progress(f"[{name} {job['index']}/{job['count']}] env steps "
+               f"{done * resolved.eval_every_steps}/{resolved.total_env_steps}  return "
+               f"{ret:.2f}  {rate:,.0f} seed-steps/s  eta {remaining / rate:.0f}s")
+  ckpt.close()
+  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts), points
+
+
+def run(prepared: Prepared, workdir: str,
+        progress: Callable[[str], None] | None = None) -> dict:
+  """Trains every intervention of ``prepared.config`` into `workdir` (module docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from plastix.rl import plotting, results  # pylint: disable=g-import-not-at-top
+  config, names = prepared
+  say = progress or (lambda line: print(line, flush=True))
+  config_dict = json.loads(json.dumps(config.to_dict()))
+  resuming = base.is_resumable(workdir, config_dict)
+  base._prepare_workdir(workdir)  # pylint: disable=protected-access
+  layout = {"processes": jax.process_count(), "run_devices": 1}
+  if not resuming:
+    base_results.write_json(os.path.join(workdir, "config.json"), config_dict)
+    base_results.write_json(os.path.join(workdir, "run_info.json"), base.run_info(None, layout))
+  points = grid_lib.points(config.grid, from_config.GRID_FIELDS)
+  runs = config.num_seeds * len(points)
+  env = from_config.make_env(config)
+  say(f"{config.name}: {config.agent} on {'+'.join(env.info.games)} ({config.num_envs} envs "
+      f"per seed), {config.total_env_steps} env steps, {config.num_seeds} seeds"
+      f"{f' x {len(points)} grid points' if len(points) > 1 else ''} on "
+      f"{jax.default_backend()}, interventions {', '.join(names)}")
+  start = time.perf_counter()
+  job = {"steps_total": len(names) * runs * config.total_env_steps, "steps_done": 0,
+         "count": len(names), "index": 0}
+  rows = []
+  seeds = list(range(config.num_seeds))
+  for i, name in enumerate(names):
+    job["index"] = i + 1
+    metrics, points = _run_intervention(config, name, say,
+                                        os.path.join(workdir, "checkpoints", name), job)
+    rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
+    base_results.write_csv(os.path.join(workdir, "metrics.csv"), rows)
+  conditions = grid_lib.conditions(names, config.grid, from_config.GRID_FIELDS)
+  summary = results.summarize(rows, conditions)
+  base_results.write_json(os.path.join(workdir, "summary.json"), summary)
+  title = f"{config.name}: {config.agent} on {config.env_name}"
+  plotting.plot_returns(rows, conditions, os.path.join(workdir, "returns.png"), title)
+  plotting.plot_probes(rows, conditions, os.path.join(workdir, "probes.png"), title)
+  say(f"trained in {time.perf_counter() - start:.0f}s")
+  return summary

@@ -1,0 +1,428 @@
+r"""The RL loop: a value-based agent on vectorised environments, one compiled program.
+
+Structure (every loop is a ``lax.scan``; seeds and grid points are a vmapped
+leading run axis, as in the supervised engine)::
+
+    run_windows(states)                          # jit(vmap over runs)
+      scan over evaluation windows: run_window   # then probes, metrics
+        scan over vector steps: agent_step       # act in E envs, store, learn
+
+One *vector step* acts once in each of the ``num_envs`` environments of a
+seed (``num_envs`` environment steps), writes those transitions to the
+replay buffer and, every ``train_every`` vector steps once
+``learning_starts`` environment steps are stored, takes one gradient step on
+a replay batch. Every ``target_update_period`` updates the target network is
+synced, and every ``reset_every_updates`` updates the named resets run
+(`plastix.resets.apply_named`, the hooks the supervised engine runs at task
+ends). Which of these happen is a function of the global step number, which
+the scan carries outside the run vmap, so ``lax.cond`` really skips them.
+
+Acting is epsilon-greedy with epsilon decaying linearly from ``eps_start``
+to ``eps_end`` over ``eps_decay_steps`` environment steps.
+
+After each window (``window_steps`` vector steps) the loop reports
+`WindowMetrics`: the mean return of the episodes that finished in the window,
+their number, the mean training loss, and the probes on a fixed batch of
+states (collected at the start by a uniform-random policy in separate
+environments, `probe_states`) and on a fresh replay batch: dead, dormant and
+linearized units, feature rank, parameter norm, the Q-values' magnitude, the
+TD error and, on its own period, the sharpness of the TD loss.
+
+A seed whose loss is not finite takes no further gradient steps (its
+parameters stay as they were; it still acts), as in the supervised engine;
+`diverged_step` records the environment step where that happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastix import curvature
+from plastix import models
+from plastix import optim
+from plastix import probe_suite
+from plastix import probes
+from plastix import resets
+from plastix.rl import replay
+from plastix.rl.agents import Transition
+
+# Independent PRNG streams of each seed's key.
+_INIT_STREAM, _PROBE_ENV_STREAM, _ENV_STREAM, _STEP_STREAM, _RESET_STREAM = 0, 1, 2, 3, 4
+_SHARPNESS_STREAM = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSpec:
+  """Everything static about an RL run: changing a field compiles a new program."""
+  agent: Any                 # an agent of `plastix.rl.agents.AGENTS`.
+  model: nn.Module           # its head has ``agent.num_outputs`` outputs.
+  env: Any                   # `plastix.rl.envs.VecEnv`, or anything with its interface.
+  window_steps: int          # vector steps per evaluation window.
+  buffer_size: int = 100_000  # transitions (per seed).
+  batch_size: int = 32
+  learning_starts: int = 1000  # environment steps stored before the first update.
+  train_every: int = 1       # vector steps between updates.
+  target_update_period: int = 1000  # updates between target syncs.
+  eps_start: float = 1.0
+  eps_end: float = 0.01
+  eps_decay_steps: int = 100_000   # environment steps.
+  optimizer: str = "adam"
+  weight_decay_mask: str = "all"
+  coupled_l2: bool = False   # loss += (l2 / 2) ||p||^2 over the decay mask.
+  l2_init: bool = False
+  normalize_and_project: bool = False
+  resets: tuple[str, ...] = ()
+  reset_every_updates: int = 0  # 0: never.
+  redo_tau: float = 0.1
+  shrink: float = 0.8
+  perturb: float = 0.2
+  probe_settings: probe_suite.ProbeSettings = probe_suite.ProbeSettings()
+  probe_batch_size: int = 256   # fixed probe states (and the fresh replay batch).
+  run_probes: bool = True
+
+  @property
+  def num_envs(self) -> int:
+    return self.env.num_envs
+
+
+@flax.struct.dataclass
+class RLHParams:
+  """Traced hyperparameters (float32 scalars); vmappable over a grid."""
+  learning_rate: jax.Array
+  weight_decay: jax.Array
+  gamma: jax.Array
+  b1: jax.Array = 0.9
+  b2: jax.Array = 0.999
+  eps: jax.Array = 1e-8
+  l2: jax.Array = 0.0
+  l2_init: jax.Array = 0.0
+
+
+@flax.struct.dataclass
+class RLState:
+  """One run's whole state; under the loop's vmap every leaf gains a run axis."""
+  params: Any
+  model_state: Any
+  target_params: Any
+  opt_state: Any
+  buffer: replay.Buffer
+  env_state: Any
+  obs: jax.Array             # [E, H, W, C] the observations to act on.
+  rng: jax.Array
+  episode_return: jax.Array  # [E] running return of each env's current episode.
+  return_sum: jax.Array      # this window: summed returns of finished episodes,
+  episodes: jax.Array        # ... their number,
+  loss_sum: jax.Array        # ... the summed training loss,
+  num_updates: jax.Array     # ... and the updates taken.
+  probe_obs: jax.Array       # [P, H, W, C] fixed probe states.
+  reference_means: tuple     # per layer, unit mean preactivations at the last probe.
+  diverged_step: jax.Array   # environment step of the first non-finite loss, or -1.
+  num_reset: jax.Array       # units ReDo reset this window (-1 without ReDo).
+  game: jax.Array            # index of the game the last vector step played.
+
+
+class WindowMetrics(NamedTuple):
+  """What every evaluation window reports; the loop adds [run, window] axes."""
+  env_steps: jax.Array       # environment steps per seed at the window's end.
+  episode_return: jax.Array  # mean return of the episodes finished in the window (NaN: none).
+  num_episodes: jax.Array
+  loss: jax.Array            # mean training loss of the window's updates (NaN: none).
+  td_error: jax.Array        # mean |Q(s, a) - target| on a fresh replay batch.
+  q_mean_abs: jax.Array      # mean |Q(s, a)| over the probe states and actions.
+  q_max_mean: jax.Array      # mean max_a Q(s, a) over the probe states.
+  dead_fraction: jax.Array
+  dormant_fraction: jax.Array
+  linearized_fraction: jax.Array
+  preact_drift: jax.Array    # since the previous window's probe.
+  effective_rank: jax.Array
+  srank: jax.Array
+  param_norm: jax.Array
+  sharpness: jax.Array       # top Hessian eigenvalue of the TD loss (NaN on skipped windows).
+  epsilon: jax.Array
+  game: jax.Array            # index of the game being played (a sequence's position).
+  diverged_step: jax.Array
+  num_reset: jax.Array
+
+
+def optimizer(spec: RLSpec, hp: RLHParams) -> optax.GradientTransformation:
+  return optim.training_optimizer(
+      spec.optimizer, hp.learning_rate, hp.weight_decay, b1=hp.b1, b2=hp.b2, eps=hp.eps,
+      weight_decay_mask=spec.weight_decay_mask,
+      l2_init_strength=hp.l2_init if spec.l2_init else None,
+      normalize_and_project_kernels=spec.normalize_and_project)
+
+
+def _stream(rng, stream: int, index=0):
+  return jax.random.fold_in(jax.random.fold_in(rng, stream), index)
+
+
+def _fresh_network(spec: RLSpec, key):
+  example = jnp.zeros((1,) + spec.env.info.obs_shape, jnp.float32)
+  return models.init_variables(spec.model, key, example)
+
+
+def epsilon(spec: RLSpec, env_steps) -> jax.Array:
+  r"""``eps_end + (eps_start - eps_end) max(0, 1 - env_steps / eps_decay_steps)``."""
+  frac = jnp.clip(1.0 - jnp.asarray(env_steps, jnp.float32) / max(spec.eps_decay_steps, 1),
+                  0.0, 1.0)
+  return spec.eps_end + (spec.eps_start - spec.eps_end) * frac
+
+
+def probe_states(spec: RLSpec, key) -> jax.Array:
+  """``[P, H, W, C]``: P observations of a uniform-random policy in separate
+  environments, from the first vector steps (the loop's fixed probe batch)."""
+  env = spec.env
+  steps = -(-spec.probe_batch_size // env.num_envs)
+  obs, state = env.reset(_stream(key, 0))
+
+  def step(carry, k):
+    obs, state = carry
+    k_act, k_env = jax.random.split(k)
+    actions = jax.random.randint(k_act, (env.num_envs,), 0, env.info.num_actions)
+    new_obs, state, _ = env.step(k_env, state, actions)
+    return (new_obs, state), obs
+
+  _, seen = jax.lax.scan(step, (obs, state), jax.random.split(_stream(key, 1), steps))
+  return seen.reshape((-1,) + seen.shape[2:])[:spec.probe_batch_size]
+
+
+def _forward(spec: RLSpec, params, model_state, obs):
+  return models.apply_model(spec.model, params, model_state, obs, train=False)[0]
+
+
+def _reference(spec: RLSpec, params, model_state, probe_obs) -> tuple:
+  if not spec.run_probes:
+    return ()
+  forward = models.forward_with_features(spec.model, params, probe_obs, model_state)
+  return probe_suite.unit_means([h.astype(jnp.float32) for h in forward.preactivations])
+
+
+def init_state(spec: RLSpec, hp: RLHParams, rng: jax.Array) -> RLState:
+  """Fresh network, empty replay, reset environments and the fixed probe states."""
+  params, model_state = _fresh_network(spec, _stream(rng, _INIT_STREAM))
+  obs, env_state = spec.env.reset(_stream(rng, _ENV_STREAM))
+  example = Transition(obs=obs[0], action=jnp.zeros([], jnp.int32),
+                       reward=jnp.zeros([], jnp.float32), next_obs=obs[0],
+                       terminated=jnp.zeros([], jnp.float32))
+  probe_obs = probe_states(spec, _stream(rng, _PROBE_ENV_STREAM))
+  zero = jnp.zeros([], jnp.float32)
+  return RLState(
+      params=params, model_state=model_state, target_params=params,
+      opt_state=optimizer(spec, hp).init(params),
+      buffer=replay.init(spec.buffer_size, example), env_state=env_state, obs=obs, rng=rng,
+      episode_return=jnp.zeros((spec.num_envs,), jnp.float32), return_sum=zero,
+      episodes=zero, loss_sum=zero, num_updates=zero, probe_obs=probe_obs,
+      reference_means=_reference(spec, params, model_state, probe_obs),
+      diverged_step=jnp.full([], -1, jnp.int32),
+      num_reset=jnp.full([], -1 if "redo" not in spec.resets else 0, jnp.int32),
+      game=jnp.zeros([], jnp.int32))
+
+
+def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: bool = True):
+  """``loss(params, batch) -> (mean loss, (td errors [B], new model_state))``:
+  the agent's loss on a replay batch (with the coupled L2 term when on)."""
+
+  def loss(params, batch):
+    obs = jnp.concatenate([batch.obs, batch.next_obs])
+    outputs, new_state = models.apply_model(spec.model, params, model_state, obs, train=train)
+    online, next_online = jnp.split(outputs, 2)
+    next_target = _forward(spec, target_params, model_state, batch.next_obs)
+    per_example, td = spec.agent.td_loss(online, next_online, next_target, batch, hp.gamma)
+    value = jnp.mean(per_example)
+    if spec.coupled_l2:
+      mask = optim.resolve_mask(optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask], params)
+      sq = sum(jnp.sum(jnp.square(p)) for p, m in
+               zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
+      value = value + 0.5 * hp.l2 * sq
+    return value, (td, new_state)
+
+  return loss
+
+
+def _update(spec: RLSpec, hp: RLHParams, state: RLState, key, env_steps):
+  """One gradient step on a replay batch; a non-finite loss is not applied."""
+  batch = replay.sample(state.buffer, key, spec.batch_size)
+  loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state)
+  (loss, (_, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, batch)
+  diverged = state.diverged_step >= 0
+  newly = ~diverged & ~jnp.isfinite(loss)
+  apply = ~diverged & ~newly
+  grads = jax.tree.map(lambda g: jnp.where(apply, g, jnp.zeros_like(g)), grads)
+  updates, opt_state = optimizer(spec, hp).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  return state.replace(
+      params=keep(params, state.params), opt_state=opt_state,
+      model_state=keep(model_state, state.model_state),
+      loss_sum=state.loss_sum + jnp.where(apply, loss, 0.0),
+      num_updates=state.num_updates + apply.astype(jnp.float32),
+      diverged_step=jnp.where(newly, env_steps, state.diverged_step))
+
+
+def _reset(spec: RLSpec, hp: RLHParams, state: RLState, update_number):
+  """The named resets (`plastix.resets.HOOKS`), with fresh layers from the reset stream."""
+  fresh_params, fresh_model_state = _fresh_network(
+      spec, _stream(state.rng, _RESET_STREAM, update_number))
+
+  def activations(params, model_state):
+    return models.forward_with_features(spec.model, params, state.probe_obs,
+                                        model_state).activations
+
+  layers = models.redo_layers(spec.model) if "redo" in spec.resets else None
+  ctx = resets.ResetContext(optimizer(spec, hp), fresh_params, fresh_model_state, layers,
+                            activations, spec.redo_tau, spec.shrink, spec.perturb)
+  nets = resets.Networks(state.params, state.opt_state, state.model_state, state.target_params)
+  new, count = resets.apply_named(spec.resets, nets, ctx)
+  healthy = state.diverged_step < 0
+  pick = lambda n, o: jax.tree.map(lambda a, b: jnp.where(healthy, a, b), n, o)
+  new = pick(new, nets)
+  num_reset = state.num_reset + jnp.where(healthy & (count > 0), count, 0)
+  return state.replace(params=new.params, opt_state=new.opt_state,
+                       model_state=new.model_state, target_params=new.target_params,
+                       num_reset=num_reset)
+
+
+def updates_before(spec: RLSpec, step) -> jax.Array:
+  """Updates taken in vector steps ``0 .. step - 1``: steps ``s`` with
+  ``(s + 1) E >= learning_starts`` and ``s % train_every == 0``."""
+  first = max(0, -(-spec.learning_starts // spec.num_envs) - 1)
+  first = -(-first // spec.train_every) * spec.train_every  # first multiple of train_every.
+  step = jnp.asarray(step, jnp.int32)
+  return jnp.maximum(0, (step - first + spec.train_every - 1) // spec.train_every)
+
+
+def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
+  """One vector step (module docstring); `step` is the global vector step, shared by runs."""
+  key = _stream(state.rng, _STEP_STREAM, step)
+  k_eps, k_random, k_env, k_sample = jax.random.split(key, 4)
+  env_steps = step * spec.num_envs
+  q = spec.agent.q_values(_forward(spec, state.params, state.model_state, state.obs))
+  eps = epsilon(spec, env_steps)
+  explore = jax.random.uniform(k_eps, (spec.num_envs,)) < eps
+  random_actions = jax.random.randint(k_random, (spec.num_envs,), 0, q.shape[-1])
+  actions = jnp.where(explore, random_actions, jnp.argmax(q, axis=-1)).astype(jnp.int32)
+  obs, env_state, out = spec.env.step(k_env, state.env_state, actions)
+  transitions = Transition(obs=state.obs, action=actions, reward=out.reward,
+                           next_obs=out.next_obs, terminated=out.terminated.astype(jnp.float32))
+  done = out.terminated | out.truncated
+  episode_return = state.episode_return + out.reward
+  state = state.replace(
+      buffer=replay.add(state.buffer, transitions), env_state=env_state, obs=obs,
+      game=jnp.asarray(out.game, jnp.int32),
+      return_sum=state.return_sum + jnp.sum(jnp.where(done, episode_return, 0.0)),
+      episodes=state.episodes + jnp.sum(done.astype(jnp.float32)),
+      episode_return=jnp.where(done, 0.0, episode_return))
+  # Shared by every run (a function of `step` only), so lax.cond skips the work.
+  learn = ((step + 1) * spec.num_envs >= spec.learning_starts) & (step % spec.train_every == 0)
+  state = jax.lax.cond(learn, lambda s: _update(spec, hp, s, k_sample, env_steps),
+                       lambda s: s, state)
+  number = updates_before(spec, step + 1)  # updates taken so far, this one included.
+  sync = learn & (number % spec.target_update_period == 0)
+  state = jax.lax.cond(sync, lambda s: s.replace(target_params=s.params), lambda s: s, state)
+  if spec.resets and spec.reset_every_updates:
+    due = learn & (number % spec.reset_every_updates == 0)
+    state = jax.lax.cond(due, lambda s: _reset(spec, hp, s, number), lambda s: s, state)
+  return state, None
+
+
+def _probe(spec: RLSpec, hp: RLHParams, state: RLState, window) -> dict:
+  """The probes at a window's end (module docstring)."""
+  forward = models.forward_with_features(spec.model, state.params, state.probe_obs,
+                                         state.model_state)
+  f32 = lambda hs: [h.astype(jnp.float32) for h in hs]
+  preacts, acts = f32(forward.preactivations), f32(forward.activations)
+  found = probe_suite.activation_probes(preacts, acts, forward.logits.astype(jnp.float32),
+                                        state.reference_means, spec.probe_settings,
+                                        forward.features.astype(jnp.float32))
+  q = spec.agent.q_values(forward.logits.astype(jnp.float32))
+  key = _stream(state.rng, _SHARPNESS_STREAM, window)
+  batch = replay.sample(state.buffer, jax.random.fold_in(key, 0), spec.probe_batch_size)
+  loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state, train=False)
+  _, (td, _) = loss_fn(state.params, batch)
+  every = spec.probe_settings.sharpness_every
+  nan = jnp.float32(jnp.nan)
+  if every:
+    value_fn = lambda p, b: loss_fn(p, b)[0]
+    sharpness = jax.lax.cond(
+        (window + 1) % every == 0,
+        lambda: curvature.hessian_max_eigenvalue(
+            value_fn, state.params, batch, jax.random.fold_in(key, 1),
+            spec.probe_settings.hessian_iters).astype(jnp.float32),
+        lambda: nan)
+  else:
+    sharpness = nan
+  return dict(td_error=jnp.mean(jnp.abs(td)), q_mean_abs=jnp.mean(jnp.abs(q)),
+              q_max_mean=jnp.mean(jnp.max(q, axis=-1)),
+              dead_fraction=found["dead_fraction"], dormant_fraction=found["dormant_fraction"],
+              linearized_fraction=found["linearized_fraction"],
+              preact_drift=found["preact_drift"], effective_rank=found["effective_rank"],
+              srank=found["srank"], param_norm=probes.param_norm(state.params),
+              sharpness=sharpness), probe_suite.unit_means(preacts)
+
+
+PROBE_KEYS = ("td_error", "q_mean_abs", "q_max_mean", "dead_fraction", "dormant_fraction",
+              "linearized_fraction", "preact_drift", "effective_rank", "srank", "param_norm",
+              "sharpness")
+
+
+def run_window(spec: RLSpec, hp: RLHParams, state: RLState, window):
+  """``window_steps`` vector steps, then the window's metrics; `window` is shared by runs."""
+  first = window * spec.window_steps
+  steps = first + jnp.arange(spec.window_steps, dtype=jnp.int32)
+  state, _ = jax.lax.scan(lambda s, t: agent_step(spec, hp, s, t), state, steps)
+  env_steps = (first + spec.window_steps) * spec.num_envs
+  if spec.run_probes:
+    found, means = _probe(spec, hp, state, window)
+    state = state.replace(reference_means=means)
+  else:
+    found = dict.fromkeys(PROBE_KEYS, jnp.float32(jnp.nan))
+  nan = jnp.float32(jnp.nan)
+  metrics = WindowMetrics(
+      env_steps=jnp.asarray(env_steps, jnp.int32),
+      episode_return=jnp.where(state.episodes > 0,
+                               state.return_sum / jnp.maximum(state.episodes, 1), nan),
+      num_episodes=state.episodes,
+      loss=jnp.where(state.num_updates > 0, state.loss_sum / jnp.maximum(state.num_updates, 1),
+                     nan),
+      epsilon=epsilon(spec, env_steps),
+      game=state.game,
+      diverged_step=state.diverged_step, num_reset=state.num_reset, **found)
+  zero = jnp.zeros([], jnp.float32)
+  state = state.replace(return_sum=zero, episodes=zero, loss_sum=zero, num_updates=zero,
+                        num_reset=jnp.where(state.num_reset >= 0, 0, -1).astype(jnp.int32))
+  return state, metrics
+
+
+def _run_axes(hp: RLHParams):
+  return jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hp)
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def init_states(rngs: jax.Array, hp: RLHParams, *, spec: RLSpec) -> RLState:
+  """`init_state` for a leading axis of runs; `hp` shared or with a run axis."""
+  return jax.vmap(lambda r, h: init_state(spec, h, r), in_axes=(0, _run_axes(hp)))(rngs, hp)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "num_windows"), donate_argnums=0)
+def run_windows(states: RLState, hp: RLHParams, *, spec: RLSpec, num_windows: int,
+                first_window=0):
+  """`num_windows` windows for every run of `states` (leading axis): one program.
+
+  `first_window` (traced, shared) is the index of the first of them. Returns
+  the new states and `WindowMetrics` with leading axes [run, window].
+  """
+  numbers = jnp.asarray(first_window, jnp.int32) + jnp.arange(num_windows, dtype=jnp.int32)
+
+  def one_run(state, run_hp):
+    return jax.lax.scan(lambda s, w: run_window(spec, run_hp, s, w), state, numbers)
+
+  return jax.vmap(one_run, in_axes=(0, _run_axes(hp)))(states, hp)

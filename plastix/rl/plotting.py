@@ -1,0 +1,83 @@
+"""Figures of an RL run: return and probes against environment steps.
+
+Every curve is the mean over seeds with a band of ± one standard deviation
+over seeds (the spread the summary table states), said on each figure; a
+panel whose column was not measured (all NaN) is left out.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from plastix import plotting
+from plastix.rl import results
+
+BAND = "mean over seeds, band ± 1 std"
+
+PROBE_PANELS = (("loss", "training loss"), ("td_error", "|TD error| (replay batch)"),
+                ("q_mean_abs", "|Q| (probe states)"), ("dead_fraction", "dead-unit fraction"),
+                ("dormant_fraction", "dormant fraction"), ("effective_rank", "feature eff. rank"),
+                ("srank", "feature srank"), ("param_norm", "parameter norm"),
+                ("sharpness", "TD-loss sharpness"))
+
+
+def _curve(ax, rows, condition: str, key: str) -> bool:
+  steps, values = results.curves(rows, condition, key)
+  if not values.size or not np.isfinite(values).any():
+    return False
+  with np.errstate(all="ignore"):
+    mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+  ok = np.isfinite(mean)
+  line, = ax.plot(steps[ok], mean[ok], marker="o", markersize=2.5, label=condition)
+  ax.fill_between(steps[ok], (mean - std)[ok], (mean + std)[ok], color=line.get_color(),
+                  alpha=0.2, linewidth=0)
+  return True
+
+
+def _measured(rows, key: str) -> bool:
+  return any(key in r and r[key] is not None and np.isfinite(r[key]) for r in rows)
+
+
+def plot_returns(rows: Sequence[dict], conditions: Sequence[str], path: str,
+                 title: str = "") -> None:
+  """``episode_return`` against environment steps, one curve per condition."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for condition in conditions:
+    _curve(ax, rows, condition, "episode_return")
+  ax.set_xlabel("environment steps (per seed)")
+  ax.set_ylabel("episode return")
+  ax.set_title(f"{title}\n({BAND})" if title else BAND, fontsize=9)
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+
+
+def plot_probes(rows: Sequence[dict], conditions: Sequence[str], path: str,
+                title: str = "") -> list[str]:
+  """One panel per measured probe against environment steps; returns the panels drawn."""
+  keys = [(k, label) for k, label in PROBE_PANELS if _measured(rows, k)]
+  if not keys:
+    return []
+  cols = 3
+  nrows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+  for ax, (key, label) in zip(axes.flat, keys):
+    for condition in conditions:
+      _curve(ax, rows, condition, key)
+    ax.set_title(label, fontsize=9)
+    ax.set_xlabel("environment steps", fontsize=8)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.remove()
+  axes.flat[0].legend(fontsize=7)
+  fig.suptitle(f"{title} ({BAND})" if title else BAND, fontsize=10)
+  fig.tight_layout()
+  plotting.save_figure(fig, path)
+  return [k for k, _ in keys]
