@@ -87,6 +87,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.process_id = -1
   config.accuracy_window = 0.1   # train_accuracy: mean over this last fraction of a task.
 
+  # What the job writes besides its results (see README, "Live metrics and logs").
+  # The training loss and accuracy averaged over every N steps (N divides
+  # steps_per_task), into steps.csv, steps.png and TensorBoard; 0 = off.
+  config.log_every_steps = 10
+  config.tensorboard = True        # Event files in <workdir>/tensorboard/, written as tasks finish.
+  config.keep_checkpoints = True   # False: <workdir>/checkpoints/ deleted once the run completes.
+
   # Interventions: comma-separated names from plastix.interventions.
   config.interventions = "baseline,layer_norm,weight_decay,layer_norm+weight_decay"
   config.intervention_params = ml_collections.ConfigDict()

@@ -317,6 +317,8 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
                         diverged_task=state.diverged_task,
                         diverged_step=state.diverged_step, num_reset=num_reset,
                         target_clipped_fraction=objectives.clipped_fraction(spec, state.task),
+                        step_loss=step_means(step_losses, spec.log_every_steps),
+                        step_accuracy=step_means(accuracies, spec.log_every_steps),
                         **final, **probe_values)
   next_index = state.task_index + 1
   next_task = _shift(spec, hp, data).switch(_stream(state.rng, _TASK_STREAM, next_index),
@@ -324,6 +326,30 @@ def run_task(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
   reference = _reference_means(spec, state.params, state.model_state, next_task, data)
   return state.replace(task=next_task, task_index=next_index, reference_means=reference,
                        step_index=jnp.zeros_like(state.step_index)), metrics
+
+
+def step_means(values: jax.Array, every: int) -> jax.Array | None:
+  r"""Means of `values` [S] over each `every` = k steps in a row, [S / k]:
+
+    m_j = (1 / k) sum_{i = jk}^{jk + k - 1} values_i,   j = 0, ..., S / k - 1;
+
+  None for k = 0 (not kept). k must divide S.
+  """
+  if not every:
+    return None
+  if values.shape[0] % every:
+    raise ValueError(f"log_every_steps={every} must divide the {values.shape[0]} steps")
+  return jnp.mean(values.reshape((values.shape[0] // every, every)), axis=1)
+
+
+def with_log_every(spec: EngineSpec, log_every_steps: int) -> EngineSpec:
+  """`spec` keeping the loss and accuracy every `log_every_steps` steps (0: not
+  kept); raises ValueError unless it divides ``spec.steps_per_task``."""
+  every = int(log_every_steps)
+  if every < 0 or (every and spec.steps_per_task % every):
+    raise ValueError(f"log_every_steps={every} must be 0 or divide steps_per_task="
+                     f"{spec.steps_per_task}")
+  return dataclasses.replace(spec, log_every_steps=every)
 
 
 FINAL_FIT_KEYS = ("final_fit_accuracy", "final_fit_accuracy_new_network", "final_fit_loss",
@@ -547,7 +573,9 @@ def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"
   """
   resolved = interventions.apply(config, intervention)
   data, num_classes = from_config.load_train_data(resolved)
-  spec = from_config.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape)
+  spec = with_log_every(
+      from_config.engine_spec(resolved, num_classes, data.images.shape[1], data.image_shape),
+      resolved.get("log_every_steps", 0))
   hp = from_config.hparams(resolved)
 
   def train(key: jax.Array) -> TaskMetrics:

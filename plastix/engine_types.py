@@ -64,6 +64,10 @@ class EngineSpec:
   # see `engine.final_fit`).
   final_fit_steps: int = 0
   final_fit_task: int = -1
+  # Every task reports the training loss and accuracy averaged over each
+  # `log_every_steps` steps in a row (`TaskMetrics.step_loss`; divides
+  # `steps_per_task`); 0: not kept (those fields are None).
+  log_every_steps: int = 0
 
   @property
   def objective(self) -> str:
@@ -175,3 +179,7 @@ class TaskMetrics(NamedTuple):
   final_fit_accuracy_new_network: jax.Array
   final_fit_loss: jax.Array
   final_fit_loss_new_network: jax.Array
+  # With `EngineSpec.log_every_steps` = k: [S / k] means of the minibatch loss
+  # and accuracy over each k steps in a row of the task's S steps (None when k = 0).
+  step_loss: jax.Array | None = None
+  step_accuracy: jax.Array | None = None

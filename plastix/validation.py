@@ -54,6 +54,10 @@ def _positive_int(v):
   return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+def _int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _in(options):
   return lambda v: v in options
 
@@ -165,6 +169,11 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   for name in ("sharpness", "ntk", "alignment", "plasticity"):
     _check(config, f"probes.{name}_every", lambda v: isinstance(v, int) and v >= 0,
            "must be an integer >= 0 (0 = never)")
+  _check(config, "log_every_steps",
+         lambda v: _int(v) and v >= 0 and (v == 0 or config.steps_per_task % v == 0),
+         f"must be 0 (off) or an integer that divides steps_per_task = {config.steps_per_task}")
+  for field in ("tensorboard", "keep_checkpoints"):
+    _check(config, field, lambda v: isinstance(v, bool), "must be True or False")
   for name in ("ntk", "alignment"):
     if config.probes[f"{name}_every"]:
       _check(config, f"probes.{name}_examples", lambda v: v <= config.probes.batch_size,

@@ -45,6 +45,7 @@ def tiny_config():
   config.num_examples = 200
   config.num_tasks = 4
   config.steps_per_task = 12
+  config.log_every_steps = 2  # divides 12 and the other step counts tests set
   config.batch_size = 16
   config.num_seeds = 2
   config.tasks_per_chunk = 2
