@@ -45,9 +45,10 @@ timed 1-seed run of the engine lasts 0.5-0.8 s on a 2-core CPU). Modes:
   removing everything but the products; ``matmul_floor`` against it compares
   XLA's kernels with PyTorch's on the workload's shapes.
 
-Method. The modes of a row group (one width and seed count) each run in a
-worker process of their own, which builds its program or model once, trains
-the workload once to warm up, and waits. Then come `--rounds` rounds: in each,
+Method (`benchmarks.pairing`, shared with the RL benchmark). The modes of a
+row group (one width and seed count) each run in a worker process of their
+own, which builds its program or model once, trains the workload once to warm
+up, and waits. Then come `--rounds` rounds: in each,
 every worker trains the whole workload once, one after another, in an order
 rotated from round to round and reversed in every other round
 (`round_order`). Modes timed in the same round see the machine at about
@@ -56,7 +57,7 @@ ratio of their times in the same round (with its range over rounds); a mode's
 seed-steps/s is from its median time. The probes' cost is the same paired
 ratio of ``engine`` to ``engine_noprobe``. Other load on the machine breaks
 the pairing (it slows PyTorch's OpenMP threads several times more than
-XLA's): a round where some mode took over `UNSTEADY` times its fastest is
+XLA's): a round where some mode took over `pairing.UNSTEADY` times its fastest is
 listed under the row group as unsteady.
 
 The machine's dense float32 matmul peak (jnp.dot of 2048^2 matrices, the best
@@ -82,24 +83,16 @@ import os
 # before numpy or scipy load OpenBLAS; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import dataclasses
 import functools
 import json
-import platform
-import queue
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from typing import Callable
 
 from absl import app
 from absl import flags
 
-from benchmarks import timing
+from benchmarks import pairing
 
 _MODE = flags.DEFINE_string("mode", None, "Internal: run one mode as a worker process.")
 _STEPS = flags.DEFINE_integer(
@@ -121,7 +114,7 @@ _JSON_OUT = flags.DEFINE_string(
 _WIDTH = flags.DEFINE_integer("width", 256, "Internal: width of one cell.")
 _NSEEDS = flags.DEFINE_integer("num_seeds", 1, "Internal: seeds of one cell.")
 _NTASKS = flags.DEFINE_integer("num_tasks", 2, "Internal: tasks of one task-memory run.")
-WORKER_TIMEOUT_S = 1800.0  # Default wait for a worker's answer.
+WORKER_TIMEOUT_S = pairing.WORKER_TIMEOUT_S
 _WORKER_TIMEOUT = flags.DEFINE_float(
     "worker_timeout_s", WORKER_TIMEOUT_S, "Seconds to wait for a worker's answer (its preparation or "
     "one run) before killing it and reporting the mode as failed.")
@@ -136,31 +129,15 @@ DEFAULT_MODES = {"cpu": ("engine", "engine_noprobe", "engine_one_device", "jax_l
                          "torch_fused", "matmul_floor", "torch_floor"),
                  "accelerator": ("engine", "engine_noprobe", "engine_bf16", "jax_loop", "torch",
                                  "torch_fused", "matmul_floor", "torch_floor")}
-# A round is unsteady where some mode took more than this many times its own
-# fastest round: other load on the machine, which slows PyTorch's OpenMP
-# threads far more than XLA's, so the pairing of modes cannot cancel it.
-UNSTEADY = 1.5
 ROWS = 2  # engine_rows: ROWS seeds side by side per device (see `_rows`).
-PROTOCOL = "@@throughput "  # Prefix of the worker's JSON lines on stdout.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@dataclasses.dataclass
-class Prepared:
-  """A mode ready to time: ``run()`` trains every seed once and returns its seconds."""
-  compile_s: float
-  run: Callable[[], float]
-  info: dict = dataclasses.field(default_factory=dict)
+# A mode ready to time: ``run()`` trains every seed once and returns its seconds.
+Prepared = pairing.Prepared
 
 
 def model_flops_per_step(width: int) -> float:
   """Forward + backward FLOPs of one step: 6 * batch * sum of fan_in * fan_out."""
   dims = [INPUT_DIM] + [width] * DEPTH + [CLASSES]
   return 6.0 * BATCH * sum(a * b for a, b in zip(dims, dims[1:]))
-
-
-def _peak_rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _config(width: int, num_seeds: int, num_tasks: int):
@@ -298,10 +275,7 @@ def _torch_setup(torch):
   that waits for its queued work, and the version, threads and precision."""
   device = _torch_device(torch)
   sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-  info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-          "torch_device": device,
-          "torch_matmul_precision": torch.get_float32_matmul_precision()}
-  return device, sync, info
+  return device, sync, pairing.torch_info(torch, device)
 
 
 def prepare_torch(width: int, num_seeds: int, steps: int, fused: bool = False) -> Prepared:
@@ -468,27 +442,6 @@ def prepare(mode: str, width: int, num_seeds: int, steps: int) -> Prepared:
   raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-  """The host CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
-  try:
-    with open(cpuinfo, encoding="utf-8") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-          return value.strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 30) -> float:
-  """FLOP/s of the fastest of `repeats` float32 ``n x n`` matrix products."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  return 2.0 * n ** 3 / timing.best_time(jax.jit(jnp.dot), a, a, repeats=repeats)
-
-
 # Task counts of the task-scaling measurement: 10x and 100x the first.
 SCALING_TASKS = (2, 20, 200)
 
@@ -518,7 +471,7 @@ def task_scaling(width: int, num_seeds: int, task_counts=SCALING_TASKS) -> dict:
   for num_tasks in task_counts:
     _train_tasks(width, num_seeds, num_tasks)
     out[f"compiled_programs_after_{num_tasks}_tasks"] = engine.run_tasks._cache_size()
-    out[f"peak_rss_mib_after_{num_tasks}_tasks"] = round(_peak_rss_mib(), 1)
+    out[f"peak_rss_mib_after_{num_tasks}_tasks"] = round(pairing.peak_rss_mib(), 1)
   return out
 
 
@@ -529,46 +482,12 @@ def task_memory(width: int, num_seeds: int, num_tasks: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   metrics = _train_tasks(width, num_seeds, num_tasks)
   metrics_mib = sum(m.nbytes for m in jax.tree.leaves(metrics)) / 2**20
-  return {f"peak_rss_mib_fresh_process_{num_tasks}_tasks": round(_peak_rss_mib(), 1),
+  return {f"peak_rss_mib_fresh_process_{num_tasks}_tasks": round(pairing.peak_rss_mib(), 1),
           f"host_metrics_mib_{num_tasks}_tasks": round(metrics_mib, 3)}
 
 
 # ----------------------------------------------------------------------------
 # Worker processes and the paired rounds.
-
-
-def _say(message: dict) -> None:
-  print(PROTOCOL + json.dumps(message), flush=True)
-
-
-def _error(e: Exception) -> dict:
-  return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
-
-
-def serve(mode: str, width: int, num_seeds: int, steps: int) -> None:
-  """The worker: prepares `mode`, warms it up, then answers ``run`` (train once,
-  report seconds) and ``exit`` (report peak memory) read from stdin."""
-  try:
-    prepared = prepare(mode, width, num_seeds, steps)
-    prepared.run()  # warm-up
-  except Exception as e:  # pylint: disable=broad-except
-    _say(_error(e))
-    return
-  _say({"compile_s": prepared.compile_s, **prepared.info})
-  for line in sys.stdin:
-    if line.strip() == "run":
-      try:
-        _say({"run_s": prepared.run()})
-      except Exception as e:  # pylint: disable=broad-except
-        _say(_error(e))
-        return
-    elif line.strip() == "exit":
-      break
-  _say({"peak_rss_mib": _peak_rss_mib()})
-
-
-class WorkerError(RuntimeError):
-  """A worker could not prepare its mode, failed a run, or exited."""
 
 
 def _command(mode: str, width: int = 0, num_seeds: int = 1, steps: int | None = None,
@@ -579,199 +498,33 @@ def _command(mode: str, width: int = 0, num_seeds: int = 1, steps: int | None = 
           f"--torch_device={torch_device}", f"--num_tasks={num_tasks}"]
 
 
-class Worker:
-  """One mode's worker process, driven over its stdin and stdout; its stderr goes to
-  a temporary file (read back to explain a failure), so no pipe can fill up.
-
-  A thread moves the worker's stdout lines into a queue, so that every answer
-  (the preparation, each run, the exit) is awaited for at most `timeout_s`
-  seconds: a worker that hangs fails its mode instead of the whole benchmark.
-  """
-
-  def __init__(self, mode: str, width: int, num_seeds: int, steps: int,
-               torch_device: str = "auto", timeout_s: float = WORKER_TIMEOUT_S):
-    self.mode, self.timeout_s, self._hung = mode, timeout_s, False
-    self._log = tempfile.TemporaryFile(mode="w+")
-    self._proc = subprocess.Popen(_command(mode, width, num_seeds, steps, torch_device),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=self._log, text=True, env=_worker_env(), cwd=_ROOT)
-    self._lines = queue.Queue()
-    threading.Thread(target=self._pump, daemon=True).start()
-    try:
-      self.info = self._read()
-    except WorkerError:
-      self.close()
-      raise
-
-  def _pump(self) -> None:
-    """Puts every stdout line of the worker into the queue, then None at its end."""
-    try:
-      for line in self._proc.stdout:
-        self._lines.put(line)
-    finally:
-      self._proc.stdout.close()
-      self._lines.put(None)
-
-  def _read(self) -> dict:
-    deadline = time.monotonic() + self.timeout_s
-    while True:
-      try:
-        line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-      except queue.Empty:
-        self._hung = True
-        raise WorkerError(f"{self.mode} worker sent no answer in {self.timeout_s:g} s") from None
-      if line is None:
-        self._lines.put(None)  # the end stays visible to a later read
-        break
-      if line.startswith(PROTOCOL):
-        message = json.loads(line[len(PROTOCOL):])
-        if "error" in message:
-          raise WorkerError(message["error"])
-        return message
-    try:  # its stdout ended: let it finish writing its stderr
-      self._proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-      pass
-    self._log.seek(0)
-    lines = self._log.read().strip().splitlines() or ["exited"]
-    raise WorkerError(lines[-1])
-
-  def _send(self, command: str) -> None:
-    try:
-      self._proc.stdin.write(command + "\n")
-      self._proc.stdin.flush()
-    except (BrokenPipeError, ValueError) as e:  # the worker has exited
-      raise WorkerError(f"{self.mode} worker exited") from e
-
-  def run(self) -> float:
-    """Trains the workload once; its seconds."""
-    self._send("run")
-    return self._read()["run_s"]
-
-  def close(self) -> dict:
-    """Ends the worker (killing it if it does not exit, or at once if it hung); its
-    info and peak memory."""
-    info = dict(getattr(self, "info", {}))
-    try:
-      if self._hung:
-        self._proc.kill()
-      elif self._proc.poll() is None:
-        self._send("exit")
-        info.update(self._read())
-      self._proc.wait(timeout=60)
-    except (WorkerError, subprocess.TimeoutExpired):
-      self._proc.kill()
-      self._proc.wait()
-    finally:
-      for stream in (self._proc.stdin, self._log):
-        if stream is not None and not stream.closed:
-          stream.close()
-    return info
-
-
-def round_order(modes: list[str], r: int) -> list[str]:
-  """The order of round `r`: `modes` rotated by `r`, reversed in odd rounds, so that
-  over the rounds each mode runs early and late and after different modes."""
-  k = r % len(modes) if modes else 0
-  order = modes[k:] + modes[:k]
-  return order[::-1] if r % 2 else order
+def start_worker(mode: str, width: int, num_seeds: int, steps: int, torch_device: str = "auto",
+                 timeout_s: float = WORKER_TIMEOUT_S) -> pairing.Worker:
+  """The worker process of one mode of one cell (`pairing.Worker`)."""
+  return pairing.Worker(mode, _command(mode, width, num_seeds, steps, torch_device), timeout_s)
 
 
 def paired_rounds(modes, width: int, num_seeds: int, steps: int, rounds: int,
                   torch_device: str = "auto", pause_s: float = 0.2,
-                  worker=Worker) -> dict:
-  """``{mode: {"times": [seconds per round], **worker info}}``, or ``{"error": ...}``
-  for a mode that failed (with the times of the rounds it finished, if any).
-
-  Each mode's worker is prepared in turn; then every round times each live
-  worker once, in `round_order`. `pause_s` between runs lets the previous
-  worker's threads go idle. A worker that fails is dropped from later rounds.
-  """
-  cells, workers = {}, {}
-  try:
-    for mode in modes:
-      try:
-        workers[mode] = worker(mode, width, num_seeds, steps, torch_device)
-        cells[mode] = {"times": []}
-      except WorkerError as e:
-        cells[mode] = {"error": str(e)}
-    for r in range(rounds):
-      for mode in round_order([m for m in workers if "error" not in cells[m]], r):
-        time.sleep(pause_s)
-        try:
-          cells[mode]["times"].append(workers[mode].run())
-        except WorkerError as e:
-          cells[mode]["error"] = f"round {r + 1}: {e}"
-  finally:
-    for mode, w in workers.items():
-      cells[mode].update(w.close())
-  return cells
-
-
-def paired_ratio(cells: dict, slow: str, fast: str):
-  """``(median, min, max)`` over rounds of ``time[slow] / time[fast]`` in the same
-  round: how many times faster `fast` ran than `slow`, over the rounds both
-  finished; None if either is missing or they share no finished round."""
-  if "times" not in cells.get(slow, {}) or "times" not in cells.get(fast, {}):
-    return None
-  ratios = [s / f for s, f in zip(cells[slow]["times"], cells[fast]["times"])]
-  if not ratios:  # a mode that failed in its first round
-    return None
-  return statistics.median(ratios), min(ratios), max(ratios)
-
-
-def _worker_env() -> dict:
-  """The environment of a worker: JAX allocates accelerator memory as it needs it,
-  since several workers share the device."""
-  env = dict(os.environ)
-  env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  return env
+                  worker=start_worker) -> dict:
+  """`pairing.paired_rounds` of one cell's modes: ``{mode: {"times": [...], **info}}``,
+  or ``{"error": ...}`` for a mode that failed; ``worker(mode, width, num_seeds,
+  steps, torch_device)`` starts a mode's worker."""
+  return pairing.paired_rounds(
+      modes, lambda mode: worker(mode, width, num_seeds, steps, torch_device), rounds, pause_s)
 
 
 def _one_shot(mode: str, width: int = 0, num_seeds: int = 1, num_tasks: int = 2) -> dict:
   """A helper measurement (matmul peak, task scaling, task memory) in a process of its own."""
-  proc = subprocess.run(_command(mode, width, num_seeds, num_tasks=num_tasks),
-                        capture_output=True, text=True,
-                        timeout=3600, env=_worker_env(), cwd=_ROOT)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith(PROTOCOL)]
-  if proc.returncode or not lines:
-    raise WorkerError((proc.stderr.strip().splitlines() or ["failed"])[-1])
-  return json.loads(lines[-1][len(PROTOCOL):])
+  return pairing.one_shot(_command(mode, width, num_seeds, num_tasks=num_tasks))
 
 
 def _default_modes(backend: str) -> list[str]:
   return list(DEFAULT_MODES["cpu" if backend == "cpu" else "accelerator"])
 
 
-def _format_mib(mib) -> str:
-  """Peak memory in MiB; n/a for a worker that did not report it (no reply on exit)."""
-  return "n/a" if mib is None else f"{mib:.0f}"
-
-
-def _format_ratio(ratio, percent: bool = False) -> str:
-  if ratio is None:
-    return "n/a"
-  median, low, high = ratio
-  if percent:
-    return f"{100 * median:.0f}% ({100 * low:.0f}-{100 * high:.0f})"
-  return f"{median:.2f}x ({low:.2f}-{high:.2f})"
-
-
 HEADER = ("| width | seeds | steps per seed | mode | devices | seed-steps/s | vs torch "
           "| vs torch_fused | vs jax_loop | of floor | MFU | compile s | peak RSS MiB |")
-
-
-def unsteady_rounds(cells: dict, factor: float = UNSTEADY) -> dict:
-  """``{round: [(mode, time / its fastest time), ...]}`` for the rounds (0-based) in
-  which some mode took more than `factor` times its own fastest round."""
-  slow = {}
-  for mode, c in cells.items():
-    times = c.get("times") or []
-    fastest = min(times, default=0.0)
-    for r, t in enumerate(times):
-      if t > factor * fastest:
-        slow.setdefault(r, []).append((mode, t / fastest))
-  return dict(sorted(slow.items()))
 
 
 def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float) -> list[str]:
@@ -780,7 +533,7 @@ def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float
   torch, torch_fused, jax_loop and matmul_floor, MFU, compile time and peak
   memory; then the probes' paired cost, where `engine` ran on several CPU
   devices its paired speed-up over `engine_one_device`, and the unsteady
-  rounds (`unsteady_rounds`), if any."""
+  rounds (`pairing.unsteady_rounds`), if any."""
   lines = []
   for mode, c in cells.items():
     if "error" in c:
@@ -794,71 +547,54 @@ def table_lines(width: int, num_seeds: int, steps: int, cells: dict, peak: float
       """`mode`'s paired speed relative to `ref` (plainly 1 for `ref` itself)."""
       if ref == mode:
         return "100%" if percent else "1.00x"
-      return _format_ratio(paired_ratio(cells, ref, mode), percent)
+      return pairing.format_ratio(pairing.paired_ratio(cells, ref, mode), percent)
 
     lines.append(f"| {width} | {num_seeds} | {steps} | {mode} | {c.get('devices', '')} | "
                  f"{rate:.0f} | {vs('torch')} | {vs('torch_fused')} | "
                  f"{vs('jax_loop')} | {vs('matmul_floor', percent=True)} | {100 * mfu:.1f}% | "
-                 f"{c['compile_s']:.2f} | {_format_mib(c.get('peak_rss_mib'))} |")
-  cost = paired_ratio(cells, "engine", "engine_noprobe")
+                 f"{c['compile_s']:.2f} | {pairing.format_mib(c.get('peak_rss_mib'))} |")
+  cost = pairing.paired_ratio(cells, "engine", "engine_noprobe")
   if cost is not None:
     median, low, high = (100 * (r - 1) for r in cost)
     lines.append(f"|  |  |  | probe cost | | {median:.1f}% of training time (median over "
                  f"rounds; {low:.1f} to {high:.1f}%) | | | | | | | |")
-  split = paired_ratio(cells, "engine_one_device", "engine")
+  split = pairing.paired_ratio(cells, "engine_one_device", "engine")
   if split is not None and cells["engine"].get("devices", 1) > 1:
-    lines.append(f"|  |  |  | CPU split | | {_format_ratio(split)} the speed of one device "
-                 f"(median over rounds) | | | | | | | |")
-  slow = unsteady_rounds(cells)
-  if slow:
-    rounds = max(len(c.get("times") or []) for c in cells.values())
-    which = "; ".join(f"round {r + 1}: " + ", ".join(f"{m} {x:.1f}x" for m, x in modes)
-                      for r, modes in slow.items())
-    lines.append(f"|  |  |  | unsteady rounds | | {len(slow)} of {rounds} (a mode over "
-                 f"{UNSTEADY}x its fastest time: {which}) | | | | | | | |")
+    lines.append(f"|  |  |  | CPU split | | {pairing.format_ratio(split)} the speed of one "
+                 f"device (median over rounds) | | | | | | | |")
+  note = pairing.unsteady_note(cells)
+  if note:
+    lines.append(f"|  |  |  | unsteady rounds | | {note} | | | | | | | |")
   return lines
-
-
-def _refuse(message: str) -> None:
-  """Bad command-line input: one line on stderr, exit status 2."""
-  print(message, file=sys.stderr)
-  sys.exit(2)
 
 
 def main(argv):
   del argv
   if _MODE.value == "matmul":
-    import jax  # pylint: disable=g-import-not-at-top
-    from plastix import sharding  # pylint: disable=g-import-not-at-top
-    devices = jax.devices()
-    _say({"flops": matmul_peak_flops(), "backend": jax.default_backend(), "jax": jax.__version__,
-          "devices": len(devices), "device_kind": devices[0].device_kind,
-          "cpu": cpu_model(), "cores": sharding.host_cores(),
-          # JAX's float32 matmul precision: "default" may be TF32 on a GPU.
-          "jax_matmul_precision": str(jax.config.jax_default_matmul_precision or "default")})
+    pairing.say(pairing.machine_info())
     return
   if _MODE.value == "scaling":
-    _say(task_scaling(_WIDTH.value, _NSEEDS.value))
+    pairing.say(task_scaling(_WIDTH.value, _NSEEDS.value))
     return
   if _MODE.value == "task_memory":
-    _say(task_memory(_WIDTH.value, _NSEEDS.value, _NTASKS.value))
+    pairing.say(task_memory(_WIDTH.value, _NSEEDS.value, _NTASKS.value))
     return
   if _MODE.value:
-    serve(_MODE.value, _WIDTH.value, _NSEEDS.value, _STEPS.value)
+    pairing.serve(lambda: prepare(_MODE.value, _WIDTH.value, _NSEEDS.value, _STEPS.value))
     return
 
   unknown = sorted(set(_MODES.value or ()) - set(MODES))
   if unknown:
-    _refuse(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    pairing.refuse(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
   if _STEPS.value < STEPS_PER_TASK or _STEPS.value % STEPS_PER_TASK:
-    _refuse(f"--steps: must be a positive multiple of {STEPS_PER_TASK} (got {_STEPS.value})")
+    pairing.refuse(f"--steps: must be a positive multiple of {STEPS_PER_TASK} (got {_STEPS.value})")
   if _ROUNDS.value < 1:
-    _refuse(f"--rounds: must be at least 1 (got {_ROUNDS.value})")
+    pairing.refuse(f"--rounds: must be at least 1 (got {_ROUNDS.value})")
   if not _WORKER_TIMEOUT.value > 0:
-    _refuse(f"--worker_timeout_s: must be positive (got {_WORKER_TIMEOUT.value})")
+    pairing.refuse(f"--worker_timeout_s: must be positive (got {_WORKER_TIMEOUT.value})")
   for name, values in (("--widths", _WIDTHS.value), ("--seeds", _SEEDS.value)):
     if not values or not all(v.isdigit() and int(v) > 0 for v in values):
-      _refuse(f"{name}: must be positive integers (got {','.join(values)})")
+      pairing.refuse(f"{name}: must be positive integers (got {','.join(values)})")
   # JAX runs only in the workers (the parent would otherwise hold an
   # accelerator's memory). The peak is the best of two measurements, before and
   # after the cells: on a shared machine a single one can come out low, which
@@ -873,7 +609,7 @@ def main(argv):
       cell_modes = [m for m in modes if m != "engine_rows" or num_seeds > ROWS]
       cells = paired_rounds(cell_modes, width, num_seeds, steps, _ROUNDS.value,
                             _TORCH_DEVICE.value,
-                            worker=functools.partial(Worker,
+                            worker=functools.partial(start_worker,
                                                      timeout_s=_WORKER_TIMEOUT.value))
       rows.append((width, num_seeds, steps, cells))
       # Each row group as it is measured (against the first peak), so that a
@@ -888,12 +624,8 @@ def main(argv):
 
   torch_info = next((c for _, _, _, cells in rows for m, c in cells.items()
                      if m == "torch" and "torch" in c), {})
-  print(f"machine: {platform.machine()}, {machine['cpu']}, {machine['cores']} cores; "
-        f"JAX {machine['jax']} on {machine['devices']} x {machine['device_kind']} "
-        f"(float32 matmul precision {machine['jax_matmul_precision']})"
-        + (f"; torch {torch_info['torch']} on {torch_info['torch_device']} "
-           f"({torch_info['torch_threads']} threads, float32 matmul precision "
-           f"{torch_info['torch_matmul_precision']})" if torch_info else "")
+  print(pairing.machine_line(machine)
+        + (f"; {pairing.torch_line(torch_info)}" if torch_info else "")
         + f"; dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {_ROUNDS.value} rounds\n")
   print(HEADER)
   print("|" + "---|" * (HEADER.count("|") - 1))

@@ -1,4 +1,4 @@
-"""The throughput benchmark's method: paired ratios, worker rounds, the matmul floor."""
+"""The benchmarks' shared method (paired ratios, worker rounds), the matmul floor."""
 
 import platform
 import signal
@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import pairing
 from benchmarks import throughput
 from plastix import engine, from_config, sharding
 from tests.conftest import tiny_config
@@ -18,7 +19,7 @@ from tests.conftest import tiny_config
 # Stand-ins for a worker process, speaking the worker protocol over stdin/stdout.
 _ANSWERING_WORKER = f"""
 import json, sys
-say = lambda m: print({throughput.PROTOCOL!r} + json.dumps(m), flush=True)
+say = lambda m: print({pairing.PROTOCOL!r} + json.dumps(m), flush=True)
 print("a line that is not an answer", flush=True)
 say({{"compile_s": 1.5}})
 for line in sys.stdin:
@@ -35,30 +36,30 @@ def test_paired_ratio_is_the_median_of_ratios_within_each_round():
   # The machine slows down in round 2: both modes take 3x longer there.
   cells = {"torch": {"times": [4.0, 12.0, 5.0]}, "engine": {"times": [2.0, 6.0, 2.0]},
            "jax_loop": {"error": "failed"}}
-  median, low, high = throughput.paired_ratio(cells, "torch", "engine")
+  median, low, high = pairing.paired_ratio(cells, "torch", "engine")
   assert (median, low, high) == (2.0, 2.0, 2.5)
   # Ratios of median times would mix rounds: 5.0 / 2.0.
   assert median != 5.0 / 2.0
-  assert throughput.paired_ratio(cells, "torch", "jax_loop") is None
-  assert throughput.paired_ratio(cells, "torch", "missing") is None
+  assert pairing.paired_ratio(cells, "torch", "jax_loop") is None
+  assert pairing.paired_ratio(cells, "torch", "missing") is None
   # A mode that failed in its first round has no round to pair with.
   cells["torch_fused"] = {"times": [], "error": "round 1: boom"}
-  assert throughput.paired_ratio(cells, "torch_fused", "engine") is None
-  assert throughput.paired_ratio(cells, "engine", "torch_fused") is None
+  assert pairing.paired_ratio(cells, "torch_fused", "engine") is None
+  assert pairing.paired_ratio(cells, "engine", "torch_fused") is None
 
 
 def test_round_order_rotates_and_reverses():
   modes = ["a", "b", "c"]
-  assert throughput.round_order(modes, 0) == ["a", "b", "c"]
-  assert throughput.round_order(modes, 1) == ["a", "c", "b"]  # [b, c, a] reversed
-  assert throughput.round_order(modes, 2) == ["c", "a", "b"]
-  orders = [throughput.round_order(modes, r) for r in range(6)]
+  assert pairing.round_order(modes, 0) == ["a", "b", "c"]
+  assert pairing.round_order(modes, 1) == ["a", "c", "b"]  # [b, c, a] reversed
+  assert pairing.round_order(modes, 2) == ["c", "a", "b"]
+  orders = [pairing.round_order(modes, r) for r in range(6)]
   assert all(sorted(o) == modes for o in orders)
   assert {o[0] for o in orders} == {o[-1] for o in orders} == set(modes)
   # Every mode follows more than one other mode over the rounds.
   before = {m: {o[i - 1] for o in orders for i in range(1, 3) if o[i] == m} for m in modes}
   assert all(len(b) == 2 for b in before.values())
-  assert throughput.round_order([], 3) == []
+  assert pairing.round_order([], 3) == []
 
 
 class FakeWorker:
@@ -69,13 +70,13 @@ class FakeWorker:
   def __init__(self, mode, width, num_seeds, steps, torch_device):
     del width, num_seeds, steps, torch_device
     if mode == "unprepared":
-      raise throughput.WorkerError("cannot prepare")
+      raise pairing.WorkerError("cannot prepare")
     self.mode, self.runs, self.info = mode, 0, {"compile_s": 0.5}
 
   def run(self):
     self.runs += 1
     if self.mode == "flaky" and self.runs == 2:
-      raise throughput.WorkerError("crashed")
+      raise pairing.WorkerError("crashed")
     return {"a": 1.0, "b": 2.0, "flaky": 3.0}[self.mode] * self.runs
 
   def close(self):
@@ -89,7 +90,7 @@ def test_a_worker_that_fails_is_dropped_and_the_others_carry_on():
                                    steps=300, rounds=4, pause_s=0.0, worker=FakeWorker)
   assert cells["a"]["times"] == [1.0, 2.0, 3.0, 4.0]
   assert cells["b"]["times"] == [2.0, 4.0, 6.0, 8.0]
-  assert throughput.paired_ratio(cells, "b", "a") == (2.0, 2.0, 2.0)
+  assert pairing.paired_ratio(cells, "b", "a") == (2.0, 2.0, 2.0)
   assert cells["flaky"]["times"] == [3.0]
   assert cells["flaky"]["error"].endswith("crashed") and "round" in cells["flaky"]["error"]
   assert cells["unprepared"] == {"error": "cannot prepare"}
@@ -97,13 +98,12 @@ def test_a_worker_that_fails_is_dropped_and_the_others_carry_on():
   assert cells["a"]["compile_s"] == 0.5 and cells["a"]["peak_rss_mib"] == 1.0
 
 
-def _fake_worker(monkeypatch, source, timeout_s=30.0):
-  monkeypatch.setattr(throughput, "_command", lambda *a: [sys.executable, "-c", source])
-  return throughput.Worker("fake", 8, 1, 300, timeout_s=timeout_s)
+def _fake_worker(source, timeout_s=30.0):
+  return pairing.Worker("fake", [sys.executable, "-c", source], timeout_s=timeout_s)
 
 
-def test_worker_reads_answers_between_other_output(monkeypatch):
-  worker = _fake_worker(monkeypatch, _ANSWERING_WORKER)
+def test_worker_reads_answers_between_other_output():
+  worker = _fake_worker(_ANSWERING_WORKER)
   assert worker.info == {"compile_s": 1.5}
   assert worker.run() == 0.25 and worker.run() == 0.25
   assert worker.close() == {"compile_s": 1.5, "peak_rss_mib": 7.0}
@@ -113,12 +113,12 @@ def test_worker_reads_answers_between_other_output(monkeypatch):
 def test_a_silent_worker_times_out_and_is_killed(monkeypatch):
   started = []
   popen = subprocess.Popen
-  monkeypatch.setattr(throughput.subprocess, "Popen",
+  monkeypatch.setattr(pairing.subprocess, "Popen",
                       lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
   start = time.monotonic()
   try:
-    _fake_worker(monkeypatch, _SILENT_WORKER, timeout_s=0.5)
-  except throughput.WorkerError as e:
+    _fake_worker(_SILENT_WORKER, timeout_s=0.5)
+  except pairing.WorkerError as e:
     assert str(e) == "fake worker sent no answer in 0.5 s"
   else:
     raise AssertionError("a worker that never answers was waited for")
@@ -126,13 +126,33 @@ def test_a_silent_worker_times_out_and_is_killed(monkeypatch):
   assert len(started) == 1 and started[0].returncode == -signal.SIGKILL
 
 
-def test_a_worker_that_exits_reports_its_last_stderr_line(monkeypatch):
+def test_a_worker_that_exits_reports_its_last_stderr_line():
   try:
-    _fake_worker(monkeypatch, _DYING_WORKER)
-  except throughput.WorkerError as e:
+    _fake_worker(_DYING_WORKER)
+  except pairing.WorkerError as e:
     assert str(e) == "out of memory"
   else:
     raise AssertionError("a worker that exited was not reported")
+
+
+def test_one_shot_returns_the_last_answer_or_the_last_stderr_line():
+  answers = ("import json; p = " + repr(pairing.PROTOCOL) +
+             "; print(p + json.dumps({'n': 1})); print('noise'); print(p + json.dumps({'n': 2}))")
+  assert pairing.one_shot([sys.executable, "-c", answers]) == {"n": 2}
+  try:
+    pairing.one_shot([sys.executable, "-c", _DYING_WORKER])
+  except pairing.WorkerError as e:
+    assert str(e) == "out of memory"
+  else:
+    raise AssertionError("a measurement that exited with status 1 was not reported")
+
+
+def test_the_unsteady_note_is_absent_for_steady_rounds():
+  cells = {"a": {"times": [1.0, 1.4, 1.2]}, "b": {"times": [2.0, 2.0]}, "c": {"error": "x"}}
+  assert pairing.unsteady_rounds(cells) == {} and pairing.unsteady_note(cells) is None
+  cells["b"]["times"].append(3.2)  # 1.6x its fastest in round 3
+  assert pairing.unsteady_note(cells) == ("1 of 3 (a mode over 1.5x its fastest time: "
+                                          "round 3: b 1.6x)")
 
 
 def test_table_rows_put_each_paired_ratio_in_its_column():
@@ -252,18 +272,18 @@ def test_cpu_model_reads_the_model_name_line(tmp_path):
   info = tmp_path / "cpuinfo"
   info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                   "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f\n")
-  assert throughput.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
+  assert pairing.cpu_model(str(info)) == "Intel(R) Xeon(R) Processor"
   fallback = platform.processor() or platform.machine()
-  assert throughput.cpu_model(str(tmp_path / "missing")) == fallback
+  assert pairing.cpu_model(str(tmp_path / "missing")) == fallback
   (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # no model name line
-  assert throughput.cpu_model(str(tmp_path / "arm")) == fallback
+  assert pairing.cpu_model(str(tmp_path / "arm")) == fallback
 
 
 def test_rounds_where_a_mode_ran_far_slower_than_its_best_are_unsteady():
   cells = {"engine": {"times": [1.0, 1.1, 1.0, 1.05]},
            "torch": {"times": [3.0, 30.0, 3.2, 4.6]},  # rounds 2 and 4: load on the machine
            "jax_loop": {"times": [2.0, 2.0, 3.1, 2.0]}, "failed": {"error": "x"}}
-  slow = throughput.unsteady_rounds(cells)
+  slow = pairing.unsteady_rounds(cells)
   assert list(slow) == [1, 2, 3]
   assert slow[1] == [("torch", 10.0)] and slow[2] == [("jax_loop", 3.1 / 2.0)]
   assert slow[3][0][0] == "torch" and abs(slow[3][0][1] - 4.6 / 3.0) < 1e-12
