@@ -170,15 +170,26 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
       [from_config.hparams(grid_lib.apply_point(resolved, p)) for p in points],
       repeats=resolved.num_seeds)
   chunk = chunk_length(resolved.num_tasks, resolved.tasks_per_chunk)
-  run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   keys = jnp.tile(from_config.seed_keys(resolved), (len(points), 1))
-  num_runs = keys.shape[0]
+  num_runs = num_rows = keys.shape[0]
+  if spec.parallel_runs >= num_runs:  # every run side by side, padding included
+    spec = dataclasses.replace(spec, parallel_runs=0)
+  run_chunk = functools.partial(engine.run_tasks, spec=spec, num_tasks=chunk)
   if mesh is not None:
-    sharding.check_divisible(num_runs, mesh)
+    # Padded to a multiple of the devices with copies of the last run, trained
+    # and dropped: `runs` are the real runs this process holds.
+    (keys, hp), _ = sharding.pad_runs((keys, hp), mesh.size)
+    num_rows = keys.shape[0]
     keys, data, hp = (sharding.shard_seeds(keys, mesh), sharding.replicate(data, mesh),
                       sharding.shard_seeds(hp, mesh))
-  runs = sharding.process_rows(num_runs, mesh)
+  runs = sharding.process_rows(num_rows, mesh)
+  runs = runs[runs < num_runs]
   states = engine.init_states(keys, data, hp, spec=spec)
+  if mesh is not None:
+    # init_states leaves its constant leaves (zero biases and moments, counts)
+    # replicated, while a chunk returns every leaf split by runs: placed alike,
+    # every chunk runs one compiled program (not a second one from the second on).
+    states = _place_runs(states, sharding.seed_sharding(mesh))
   chunks, done = [], 0
   ckpt = checkpointing.Checkpointer(checkpoint_dir) if checkpoint_dir else None
   if ckpt is not None and ckpt.latest_tasks_done() is not None:
@@ -194,7 +205,12 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
         return np.zeros(shape, m.dtype)
       return jax.ShapeDtypeStruct(shape, m.dtype, sharding=sharding.seed_sharding(mesh))
 
-    states, restored = ckpt.restore(done, states, jax.tree.map(saved_like, chunk_metrics))
+    # A checkpoint padded for another device count is cut or zero-filled to
+    # this one's rows, then its padding made copies of the last run again.
+    states, restored = ckpt.restore(done, states, jax.tree.map(saved_like, chunk_metrics),
+                                    num_runs=None if mesh is None else num_runs)
+    if num_rows > num_runs:
+      states = sharding.fill_padding(states, num_runs, mesh)
     chunks.append(sharding.local_rows(restored, runs))
     if on_chunk is not None:
       on_chunk(Chunk(chunks[-1], runs, 0, True))
@@ -220,7 +236,7 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
         compiled_before = compiling.seconds
         states, metrics = run_chunk(states, data, hp, first_task=done)
         # Over every run, computed where the runs are (every process takes part).
-        accuracy = _mean_final_accuracy(metrics.train_accuracy)
+        accuracy = _mean_final_accuracy(metrics.train_accuracy, num_runs)
         chunks.append(sharding.local_rows(metrics, runs))
         accuracy = float(accuracy.addressable_data(0))
       now = time.perf_counter()
@@ -237,7 +253,7 @@ def run_intervention_share(config: ml_collections.ConfigDict, name: str,
       if ckpt is not None:
         so_far = _concat_tasks(chunks)
         ckpt.save(done, states, so_far if mesh is None else
-                  sharding.from_local_rows(so_far, runs, num_runs, mesh))
+                  sharding.from_local_rows(so_far, runs, num_rows, mesh, num_real=num_runs))
       if on_chunk is not None:
         on_chunk(Chunk(chunks[-1], runs, done - chunk, False))
       if progress is not None:
@@ -271,6 +287,12 @@ def merge_over_processes(share: RunShare, folder: str, num_runs: int):
                               num_runs)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _place_runs(tree, placement):
+  """`tree` with every leaf placed by `placement` (a copy; works across processes)."""
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, placement), tree)
+
+
 # JAX's monitoring events of the time it spends turning a function into a program.
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -296,10 +318,11 @@ class CompileClock:
     jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-@jax.jit
-def _mean_final_accuracy(train_accuracy: jax.Array) -> jax.Array:
-  """Mean over runs of the accuracy on the chunk's last task."""
-  return jnp.mean(train_accuracy[:, -1])
+@functools.partial(jax.jit, static_argnums=1)
+def _mean_final_accuracy(train_accuracy: jax.Array, num_runs: int) -> jax.Array:
+  """Mean over the first `num_runs` runs (the padding after them left out) of
+  the accuracy on the chunk's last task."""
+  return jnp.mean(train_accuracy[:num_runs, -1])
 
 
 def _devices(mesh: jax.sharding.Mesh | None) -> tuple[str, int]:
