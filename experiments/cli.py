@@ -162,6 +162,19 @@ def unknown_field_message(error: Exception, argv: Sequence[str], name: str = "co
   return message or f"--{name}: {str(error).splitlines()[0]}"
 
 
+def default_verbosity() -> None:
+  """absl's verbosity WARNING unless the command line sets ``-v`` / ``--verbosity``.
+
+  absl's own default is INFO, at which orbax and JAX log every checkpoint
+  step and backend probe; the user's value always wins (``-v 0`` shows INFO,
+  ``-v 1`` DEBUG) and applies to stderr and to the workdir's ``log.txt``.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def parse_flags(argv):
   """absl's flag parsing for an entry point (``app.run(main, flags_parser=...)``):
   a bad flag or override is one line and exit status 2."""

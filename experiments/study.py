@@ -4,9 +4,11 @@ r"""Runs a study: each of its cells into ``<workdir>/cells/<cell>/``.
       --workdir=DIR [--cell=K] [--config.FIELD=VALUE ...]
 
 Every cell's folder is a workdir exactly like ``experiments.synthetic``'s
-(config.json, metrics.csv, summary.json, figures, checkpoints). The study
-writes ``DIR/study.json`` (the cells and how they ran, for
-``python -m experiments.report --workdir=DIR``).
+(config.json, metrics.csv, steps.csv, summary.json, figures, log.txt,
+tensorboard/, checkpoints). The study writes ``DIR/study.json`` (the cells and
+how they ran, for ``python -m experiments.report --workdir=DIR``) and
+``DIR/log.txt`` (everything it prints); ``tensorboard --logdir=DIR`` shows every
+cell's runs. DIR is a local path.
 
 Without ``--cell`` every cell runs in turn, each in a process of its own
 (a cell may split a CPU host into another number of devices); a finished cell
@@ -37,7 +39,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 
 from experiments import cli
 
@@ -110,8 +111,8 @@ def _write_record(workdir, config, cells, updates=None, wall_time=None):
   return record
 
 
-def _run_one(config, cells, configs, index: int, workdir: str) -> None:
-  """Cell `index` in this process, into its folder."""
+def _run_one(config, cells, configs, index: int, workdir: str, log) -> None:
+  """Cell `index` in this process, into its folder (its log.txt there)."""
   from plastix import experiment  # pylint: disable=g-import-not-at-top
   if not 0 <= index < len(cells):
     cli.fail(f"--cell: {index} is not a cell of this study (0 to {len(cells) - 1}: "
@@ -120,18 +121,20 @@ def _run_one(config, cells, configs, index: int, workdir: str) -> None:
   cell_dir = os.path.join(workdir, cell.dir)
   start = time.perf_counter()
   try:
-    summary = experiment.run(experiment.prepare(cell_config), cell_dir)
+    summary = experiment.run(experiment.prepare(cell_config), cell_dir, log=log)
   except experiment.UsageError as e:
+    log.record(logging.ERROR, f"error: cell {cell.name!r}: {e}")
     cli.fail(f"cell {cell.name!r}: {e}")
   if summary is not None:
     _write_record(workdir, config, cells,
                   {cell.name: {"wall_time_s": time.perf_counter() - start, "complete": True}})
-    print(f"cell {index} ({cell.name}) done in {_duration(time.perf_counter() - start)}; "
-          f"results in {cell_dir}", flush=True)
+    log.say(f"cell {index} ({cell.name}) done in {_duration(time.perf_counter() - start)}; "
+            f"results in {cell_dir}")
 
 
-def _run_all(config, cells, configs, workdir: str) -> int:
-  """Every unfinished cell in a process of its own; returns the exit status."""
+def _run_all(config, cells, configs, workdir: str, log) -> int:
+  """Every unfinished cell in a process of its own; returns the exit status.
+  What it prints goes to `log` too (``DIR/log.txt``)."""
   from plastix import study  # pylint: disable=g-import-not-at-top
   units = [study.units(c) for c in configs]
   total = sum(units)
@@ -141,13 +144,13 @@ def _run_all(config, cells, configs, workdir: str) -> int:
   start = time.perf_counter()
   trained = 0  # units trained by this process's children (for the ETA).
   failed = []
-  print(f"study {config.study.name} ({config.study.scale}): {len(cells)} cells, "
-        f"{done_before * 100 // max(total, 1)}% done before; results in {workdir}", flush=True)
+  log.say(f"study {config.study.name} ({config.study.scale}): {len(cells)} cells, "
+          f"{done_before * 100 // max(total, 1)}% done before; results in {workdir}")
   for cell, cell_config, cell_units in zip(cells, configs, units):
     cell_dir = os.path.join(workdir, cell.dir)
     prefix = f"[cell {cell.index + 1}/{len(cells)} {cell.name}]"
     if _is_complete(cell_dir, cell_config):
-      print(f"{prefix} done already", flush=True)
+      log.say(f"{prefix} done already")
       continue
     names = cell_config.interventions.split(",")
     per_intervention = cell_units // len(names)
@@ -171,22 +174,22 @@ def _run_all(config, cells, configs, workdir: str) -> int:
         line = f"{prefix} {fraction:4.0%} of the study, ETA {eta} | {line}"
       else:
         line = f"{prefix} {line}"
-      print(line, flush=True)
+      log.say(line)
     status = proc.wait()
     if status:
       failed.append(cell.name)
-      print(f"{prefix} failed with exit status {status}; rerun the same command to resume "
-            "it", file=sys.stderr, flush=True)
+      log.warn(f"{prefix} failed with exit status {status}; rerun the same command to resume "
+               "it")
       continue
     done_before += cell_units
   record = _write_record(workdir, config, cells, wall_time=(record.get("wall_time_s") or 0.0)
                          + time.perf_counter() - start)
   if failed:
-    print(f"error: cells {', '.join(failed)} failed; finished cells are kept, rerun the same "
-          "command to resume the others", file=sys.stderr, flush=True)
+    log.warn(f"error: cells {', '.join(failed)} failed; finished cells are kept, rerun the "
+             "same command to resume the others")
     return 1
-  print(f"study done in {_duration(time.perf_counter() - start)}; report with: "
-        f"python -m experiments.report --workdir={workdir}", flush=True)
+  log.say(f"study done in {_duration(time.perf_counter() - start)}; report with: "
+          f"python -m experiments.report --workdir={workdir}")
   return 0
 
 
@@ -197,11 +200,15 @@ def main(argv):
     cli.fail("--config: give a study config, e.g. --config=configs/studies/abruptness.py:cpu")
   if not _WORKDIR.value:
     cli.fail("--workdir: a study needs a folder for its cells")
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("jax").setLevel(logging.WARNING)
+  cli.default_verbosity()  # absl's -v / --verbosity, WARNING unless given.
+  from plastix import experiment, joblog  # pylint: disable=g-import-not-at-top
+  workdir = _WORKDIR.value
+  try:
+    experiment.check_local_workdir(workdir)
+  except experiment.UsageError as e:
+    cli.fail(str(e))
   config = _CONFIG.value
   cells, configs = _check_cells(config)
-  workdir = _WORKDIR.value
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
@@ -212,10 +219,13 @@ def main(argv):
       index = int(os.environ[ARRAY_INDEX])
     except ValueError:
       cli.fail(f"{ARRAY_INDEX}={os.environ[ARRAY_INDEX]!r} is not a cell index")
-  if index is not None:
-    _run_one(config, cells, configs, index, workdir)
-    return
-  sys.exit(_run_all(config, cells, configs, workdir))
+  with joblog.JobLog() as log:
+    if index is not None:
+      _run_one(config, cells, configs, index, workdir, log)
+      return
+    log.attach(os.path.join(workdir, joblog.LOG_FILE))
+    status = _run_all(config, cells, configs, workdir, log)
+  sys.exit(status)
 
 
 if __name__ == "__main__":

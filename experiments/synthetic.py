@@ -3,12 +3,15 @@ r"""Synthetic nonstationary study: every intervention of a config, seeds vmapped
   python -m experiments.synthetic --config=configs/shift.py [--workdir=DIR] \
       [--config.FIELD=VALUE ...]
 
-Writes to the workdir (default ``runs/<config.name>-<timestamp>``):
-config.json, run_info.json, metrics.csv, summary.json, plasticity.png, and with
-probes on histograms.npz, mechanisms_<name>.png (one figure per mechanism)
-and preactivation_histograms.png (see `plastix.experiment`).
+Writes to the workdir (default ``runs/<config.name>-<timestamp>``, a local path):
+config.json, run_info.json, log.txt (everything the job prints, and the log
+records at absl's ``--verbosity``, WARNING by default), metrics.csv, steps.csv,
+summary.json, plasticity.png, steps.png, tensorboard/, and with probes on
+histograms.npz, mechanisms_<name>.png (one figure per mechanism) and
+preactivation_histograms.png (see `plastix.experiment`).
 Bad input (an unknown name, an impossible size, missing data, an unwritable
-workdir) prints one line and exits with status 2 before anything compiles.
+or non-local workdir) prints one line and exits with status 2 before anything
+compiles.
 
 The state is checkpointed after every chunk of tasks (``config.tasks_per_chunk``)
 under ``<workdir>/checkpoints``. Running the same command with the same
@@ -27,12 +30,10 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import logging
-import sys
 import time
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 
 from experiments import cli
 
@@ -48,25 +49,27 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   config = _CONFIG.value
-  # Progress is printed by this script; library INFO logs (jax backend probing,
-  # orbax saves) would drown it.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("jax").setLevel(logging.WARNING)
-  from plastix import experiment, results  # pylint: disable=g-import-not-at-top
+  # absl's --verbosity (WARNING unless given) sets which log records of the
+  # libraries and of plastix show, on stderr and in log.txt.
+  cli.default_verbosity()
+  from plastix import experiment, joblog, results  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  try:
-    # Everything that can be wrong with the input is checked before compiling.
-    prepared = experiment.prepare(config)
-    if config.distributed.enabled and not _WORKDIR.value:
-      cli.fail("--workdir: a multi-process job needs a workdir shared by every process")
-    workdir = _WORKDIR.value or experiment.default_workdir(config)
-    summary = experiment.run(prepared, workdir)
-  except experiment.UsageError as e:
-    cli.fail(str(e))
-  if summary is None:  # Not process 0 of a multi-process job.
-    return
-  print(f"\n{results.format_table(summary)}\n")
-  print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)
+  with joblog.JobLog() as log:
+    try:
+      # Everything that can be wrong with the input is checked before compiling.
+      experiment.check_local_workdir(_WORKDIR.value)
+      prepared = experiment.prepare(config)
+      if config.distributed.enabled and not _WORKDIR.value:
+        cli.fail("--workdir: a multi-process job needs a workdir shared by every process")
+      workdir = _WORKDIR.value or experiment.default_workdir(config)
+      summary = experiment.run(prepared, workdir, log=log)
+    except experiment.UsageError as e:
+      log.record(logging.ERROR, f"error: {e}")
+      cli.fail(str(e))
+    if summary is None:  # Not process 0 of a multi-process job.
+      return
+    log.say(f"\n{results.format_table(summary)}\n")
+    log.say(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}")
 
 
 if __name__ == "__main__":

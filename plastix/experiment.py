@@ -7,19 +7,27 @@ study at a time) are thin wrappers around two calls:
   compiles; bad input raises `UsageError` (one line naming the field);
 * `run(prepared, workdir)` lays the runs out over the devices, trains each
   intervention (`plastix.runner`), and writes the workdir:
-  ``config.json``, ``run_info.json``, ``metrics.csv`` (after every
-  intervention, so finished work is kept), ``summary.json``, the figures and
-  ``checkpoints/``. The same call on a workdir holding the same config resumes
-  it; a workdir holding a different config is refused.
+  ``config.json``, ``run_info.json``, ``metrics.csv`` and ``steps.csv``
+  (after every intervention, so finished work is kept), ``summary.json``, the
+  figures, ``checkpoints/`` (deleted at the end with ``keep_checkpoints =
+  False``), ``tensorboard/`` (as every chunk of tasks finishes, with
+  ``tensorboard = True``) and, given a `joblog.JobLog`, ``log.txt``. The same
+  call on a workdir holding the same config resumes it; a workdir holding a
+  different config is refused.
 
-Only process 0 of a multi-process job writes results and prints.
+Only process 0 of a multi-process job writes results, the log and prints; each
+process writes the TensorBoard runs of the seeds it trains. Workdirs are
+local paths (`check_local_workdir`).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +40,7 @@ from plastix import data as data_lib
 from plastix import from_config
 from plastix import grid as grid_lib
 from plastix import interventions
+from plastix import joblog
 from plastix import results
 from plastix import validation
 
@@ -71,7 +80,21 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
   return os.path.join("runs", f"{config.name}-{stamp}")
 
 
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def check_local_workdir(path: str) -> None:
+  """`UsageError` unless `path` is a local path (``gs://``, ``s3://`` and other
+  URLs are refused: results, figures and logs are written with local file calls)."""
+  match = _URL.match(path or "")
+  if match:
+    raise UsageError(f"--workdir {path!r}: local paths only ({match['scheme']}:// is not "
+                     "supported); write to a local or mounted folder and copy it to the "
+                     "bucket afterwards")
+
+
 def _prepare_workdir(path: str) -> None:
+  check_local_workdir(path)
   try:
     os.makedirs(path, exist_ok=True)
     fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")  # unique per process
@@ -95,13 +118,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # job (process_id) and may change on resume (the runs then continue on the new
 # layout, whose float rounding can differ; see `_resume_note`).
 _LAYOUT_FIELDS = ("distributed.",)
-# How long to wait for a stalled chunk (plastix.watchdog): changes nothing a
-# run computes, so a run may resume with another value.
-_WATCH_FIELDS = ("stall_timeout_s",)
+# How long to wait for a stalled chunk (plastix.watchdog), and what is written
+# besides the results: change nothing a run computes, so a run may resume with
+# other values.
+_WATCH_FIELDS = ("stall_timeout_s", "tensorboard", "keep_checkpoints")
 # Fields added since a workdir may have been written, with the value that
 # means what the older code did (cpu_devices: its run_info.json holds no split,
-# so the run resumes on JAX's own devices, as it started).
-_ADDED_FIELDS = {"cpu_devices": 0}
+# so the run resumes on JAX's own devices, as it started; log_every_steps:
+# its checkpoints hold no per-step metrics).
+_ADDED_FIELDS = {"cpu_devices": 0, "log_every_steps": 0}
 
 
 def is_resumable(workdir: str, config_dict: dict) -> bool:
@@ -213,7 +238,6 @@ def _layout_runs(config, num_runs: int, workdir: str, resuming: bool, examples_b
 
   Must run before JAX's first operation (the CPU device count is fixed then).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   from plastix import sharding  # pylint: disable=g-import-not-at-top
   split = from_config.cpu_devices(config, num_runs, examples_bytes)
   saved_info = _saved_run_info(workdir) if resuming else {}
@@ -224,21 +248,7 @@ def _layout_runs(config, num_runs: int, workdir: str, resuming: bool, examples_b
   mesh = sharding.seed_mesh() if config.shard_seeds else None
   if mesh is None:
     return split, mesh, saved_info
-  try:
-    sharding.check_divisible(num_runs, mesh)
-  except ValueError as e:
-    if config.cpu_devices and jax.default_backend() == "cpu":
-      if jax.process_count() > 1:
-        raise UsageError(
-            f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not split evenly "
-            f"over {mesh.size} CPU devices ({jax.process_count()} processes x "
-            f"{config.cpu_devices}); use a count whose product with the processes divides "
-            f"{num_runs}") from None
-      raise UsageError(f"config.cpu_devices: {num_runs} runs (seeds x grid points) do not "
-                       f"split evenly over {mesh.size} CPU devices; use a divisor of "
-                       f"{num_runs}, or 0") from None
-    hint = "" if config.distributed.enabled else " (or set --config.shard_seeds=False)"
-    raise UsageError(f"config.num_seeds: {e}{hint}") from None
+  # Runs that do not split evenly over the mesh are padded (plastix.sharding.pad_runs).
   try:
     validation.check_parallel_runs(config.parallel_runs, num_runs, mesh.size)
   except validation.ConfigError as e:
@@ -249,16 +259,21 @@ def _layout_runs(config, num_runs: int, workdir: str, resuming: bool, examples_b
 def run(prepared: Prepared, workdir: str,
         progress: Callable[[str], None] | None = None,
         warn: Callable[[str], None] | None = None,
-        initialize: bool = True) -> dict | None:
+        initialize: bool = True,
+        log: joblog.JobLog | None = None) -> dict | None:
   """Trains every intervention of ``prepared.config`` into `workdir` (see the module docstring).
 
   Args:
     prepared: from `prepare`.
-    workdir: the output folder; a workdir of the same config is resumed.
-    progress: called with each progress line (process 0 only); default print.
-    warn: called with warnings (a resume on another layout); default stderr.
+    workdir: the output folder (a local path); a workdir of the same config is resumed.
+    progress: called with each progress line (process 0 only); default
+      ``log.say``, or print without a log.
+    warn: called with warnings (a resume on another layout); default
+      ``log.warn``, or stderr.
     initialize: start a multi-process job (``config.distributed.enabled``)
       with ``jax.distributed.initialize``; False where the caller has.
+    log: the job's log, attached to ``<workdir>/log.txt`` on process 0 once
+      the workdir is ready (discarded on the other processes).
 
   Returns:
     summary.json's content on process 0, None on the others.
@@ -267,8 +282,10 @@ def run(prepared: Prepared, workdir: str,
     UsageError: bad input found while laying out the runs or the workdir.
   """
   config, names = prepared.config, prepared.names
-  say_all = progress or (lambda line: print(line, flush=True))
-  warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+  check_local_workdir(workdir)
+  say_all = progress or (log.say if log else (lambda line: print(line, flush=True)))
+  warn = warn or (log.warn if log else
+                  (lambda line: print(line, file=sys.stderr, flush=True)))
   if config.distributed.enabled and initialize:
     initialize_distributed(config)
   import jax  # pylint: disable=g-import-not-at-top
@@ -281,6 +298,11 @@ def run(prepared: Prepared, workdir: str,
   primary = jax.process_index() == 0  # Only process 0 writes results and prints.
   say = say_all if primary else (lambda line: None)
   _prepare_workdir(workdir)
+  if log is not None:
+    if primary:
+      log.attach(os.path.join(workdir, joblog.LOG_FILE))
+    else:
+      log.discard()
 
   from plastix import plotting, runner  # pylint: disable=g-import-not-at-top
   layout = _layout(mesh)
@@ -307,24 +329,46 @@ def run(prepared: Prepared, workdir: str,
       f"{config.num_seeds} seeds on {_devices_note(mesh)}, interventions "
       f"{', '.join(names)}{grid_note}")
   start = time.perf_counter()
-  rows, by_condition = [], {}
+  rows, steps, by_condition = [], [], {}
   seeds = list(range(config.num_seeds))
-  for name in names:
-    share = runner.run_intervention_share(
-        config, name, data, num_classes, progress=say,
-        checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh)
-    # Each process writes its share; process 0 merges them (None elsewhere).
-    metrics = runner.merge_over_processes(share, os.path.join(workdir, "shares", name),
-                                          num_runs)
-    if metrics is None:
-      continue
-    rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
-    for g, point in enumerate(points):
-      runs = slice(g * len(seeds), (g + 1) * len(seeds))
-      by_condition[grid_lib.condition(name, grid_lib.label(point))] = (
-          metrics._replace(preact_histogram=metrics.preact_histogram[runs],
-                           within_task_histogram=metrics.within_task_histogram[runs]))
-    results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
+  job = runner.JobProgress(num_interventions=len(names), num_tasks=config.num_tasks)
+  events = None
+  if config.get("tensorboard", False):
+    from plastix import tensorboard_log  # pylint: disable=g-import-not-at-top
+    events = tensorboard_log.TensorBoardLog(os.path.join(workdir, "tensorboard"),
+                                            config.steps_per_task)
+  on_stall = None
+  if log is not None:
+    on_stall = lambda line: log.record(logging.ERROR, line)
+  try:
+    for index, name in enumerate(names):
+      job.index = index
+      on_chunk = None
+      if events is not None:
+        on_chunk = lambda chunk, name=name: _write_events(events, name, chunk, seeds, points,
+                                                          config.steps_per_task)
+      share = runner.run_intervention_share(
+          config, name, data, num_classes, progress=say,
+          checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh, job=job,
+          on_chunk=on_chunk, on_stall=on_stall)
+      # Each process writes its share; process 0 merges them (None elsewhere).
+      metrics = runner.merge_over_processes(share, os.path.join(workdir, "shares", name),
+                                            num_runs)
+      if metrics is None:
+        continue
+      rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
+      steps.extend(results.step_rows(name, metrics, seeds, config.steps_per_task, points))
+      for g, point in enumerate(points):
+        runs = slice(g * len(seeds), (g + 1) * len(seeds))
+        by_condition[grid_lib.condition(name, grid_lib.label(point))] = (
+            metrics._replace(preact_histogram=metrics.preact_histogram[runs],
+                             within_task_histogram=metrics.within_task_histogram[runs]))
+      results.write_csv(os.path.join(workdir, "metrics.csv"), rows)  # Keep finished work.
+      if steps:
+        results.write_csv(os.path.join(workdir, "steps.csv"), steps, base=results.STEP_COLUMNS)
+  finally:
+    if events is not None:
+      events.close()
 
   if not primary:
     return None
@@ -334,13 +378,16 @@ def run(prepared: Prepared, workdir: str,
   title = f"{config.name}: {config.shift} on {config.dataset}"
   plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
                            title=title)
+  # The figures sum the seeds that never diverged, as the curves average them.
+  diverged = {c: results.diverged_seeds(rows, c) for c in conditions}
+  if steps:
+    plotting.plot_step_curves(steps, conditions, os.path.join(workdir, "steps.png"),
+                              config.steps_per_task, title=title, exclude=diverged)
   if config.probes.enabled:
     edges = from_config.probe_settings(config).histogram_edges
     histograms = results.histogram_arrays(by_condition, edges)
     results.write_npz(os.path.join(workdir, "histograms.npz"), histograms)
     plotting.plot_mechanisms(rows, conditions, workdir, title=title)
-    # The figures sum the seeds that never diverged, as the curves average them.
-    diverged = {c: results.diverged_seeds(rows, c) for c in conditions}
     plotting.plot_histograms(histograms, conditions,
                              os.path.join(workdir, "preactivation_histograms.png"),
                              exclude=diverged)
@@ -349,4 +396,29 @@ def run(prepared: Prepared, workdir: str,
           histograms, conditions, config.probes.within_task_every,
           os.path.join(workdir, "within_task_histograms.png"), exclude=diverged)
   say(f"trained in {time.perf_counter() - start:.0f}s")
+  if not config.get("keep_checkpoints", True):
+    # Every process closed its checkpoints before the last share was merged.
+    shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+    say("checkpoints deleted (config.keep_checkpoints = False)")
   return summary
+
+
+def _write_events(events, name: str, chunk, seeds: list[int], points: list[dict],
+                  steps_per_task: int) -> None:
+  """Adds a `runner.Chunk` of intervention `name` to the TensorBoard log, one run
+  per (condition, seed); a resumed chunk only for runs with no events yet."""
+  from plastix import tensorboard_log  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  for i, run in enumerate(chunk.runs):
+    g, s = divmod(int(run), len(seeds))
+    seed, point = seeds[s], points[g]
+    run_name = tensorboard_log.run_name(grid_lib.condition(name, grid_lib.label(point)), seed)
+    if chunk.resumed and events.has_events(run_name):
+      continue
+    one = jax.tree.map(lambda x, i=i: x[i:i + 1], chunk.metrics)
+    task_rows = results.metrics_to_rows(name, one, [seed], [point])
+    for row in task_rows:
+      row["task"] += chunk.first_task
+    step_rows = results.step_rows(name, one, [seed], steps_per_task, [point],
+                                  first_task=chunk.first_task)
+    events.write(run_name, task_rows, step_rows, exclude=point)

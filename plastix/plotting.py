@@ -416,3 +416,65 @@ def plot_within_task_histograms(histograms: dict, interventions: Sequence[str],
                     [f"step {(j + 1) * every}" for j in range(num_parts)], path,
                     f"per-unit mean preactivation over the probe batch, within task {label}\n"
                     + _seeds_note(histograms, names, "{}/within_task", exclude), "plasma_r")
+
+
+STEP_PANELS = (("train_loss", "training loss"), ("train_accuracy", "training accuracy"))
+
+
+def step_curves(step_rows: Sequence[dict], condition: str, key: str,
+                exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps [P], values [seeds, P])`` of steps.csv's column `key` for one
+  condition (`results.condition`), seeds in ascending order, less those
+  `exclude` marks (bools over the same seeds)."""
+  sel = [r for r in step_rows if results.condition(r) == condition]
+  seeds = sorted({r["seed"] for r in sel})
+  steps = np.array(sorted({r["step"] for r in sel}))
+  values = np.full((len(seeds), len(steps)), np.nan)
+  where = {s: i for i, s in enumerate(steps)}
+  for r in sel:
+    values[seeds.index(r["seed"]), where[r["step"]]] = r[key]
+  if exclude is not None and len(exclude) == len(seeds):
+    values = values[~np.asarray(exclude, bool)]
+  return steps, values
+
+
+def plot_step_curves(step_rows: Sequence[dict], interventions: Sequence[str], path: str,
+                     steps_per_task: int, title: str = "",
+                     exclude: Mapping[str, np.ndarray] | None = None) -> None:
+  """Saves steps.png: the training loss and accuracy against the training step
+  (steps.csv: each point the mean over the `log_every_steps` steps it ends),
+  per condition the mean over seeds and their min-max band, less the seeds
+  `exclude` marks (diverged ones), with a dotted line at every task switch:
+  how fast each network learns again after a switch."""
+  fig, axes = plt.subplots(2, 1, figsize=(11, 6.4), sharex=True)
+  last = 0
+  for ax, (key, label) in zip(axes, STEP_PANELS):
+    drawn = False
+    for name in interventions:
+      steps, values = step_curves(step_rows, name, key, (exclude or {}).get(name))
+      if not values.size or not np.isfinite(values).any():
+        continue
+      last = max(last, int(steps[-1]))
+      with np.errstate(all="ignore"):
+        mean = np.nanmean(values, axis=0)
+        low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+      (line,) = ax.plot(steps, mean, label=name, lw=1.2)
+      ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+      drawn = True
+    if not drawn:
+      ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center",
+              transform=ax.transAxes, color="0.5")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  switches = np.arange(steps_per_task, last, steps_per_task)
+  if 0 < len(switches) <= 100:
+    for ax in axes:
+      for x in switches:
+        ax.axvline(x, color="0.6", lw=0.6, ls=":", zorder=0)
+  axes[-1].set_xlabel(f"training step (a task every {steps_per_task} steps)")
+  if axes[0].get_legend_handles_labels()[0]:
+    axes[0].legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, path)

@@ -1,7 +1,8 @@
-"""Turning engine metrics into metrics.csv, summary.json and a printed table.
+"""Turning engine metrics into metrics.csv, steps.csv, summary.json and a printed table.
 
 All files are written atomically (a temporary file in the same folder, then
-``os.replace``), so a kill never leaves a truncated result.
+``os.replace``), so a kill never leaves a truncated result. `load` reads a
+workdir's table back in one line.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ HELD_OUT_KEYS = ("first_task_test_accuracy", "final_task_test_accuracy",
 FINAL_FIT_KEYS = ("final_fit_accuracy", "final_fit_accuracy_new_network", "final_fit_gap",
                   "final_fit_loss", "final_fit_loss_new_network")
 STD_SUFFIX = "_std"  # summary.json's spread over seeds of a SUMMARY_KEYS entry.
+# steps.csv: the training loss and accuracy every `log_every_steps` steps.
+STEP_COLUMNS = ("intervention", "seed", "task", "task_step", "step", "train_loss",
+                "train_accuracy")
+# Text columns of the tables (every other column is a number).
+TEXT_COLUMNS = ("intervention", "hparams", "cell")
+INT_COLUMNS = ("seed", "task", "task_step", "step")
+TABLES = {"metrics": "metrics.csv", "steps": "steps.csv"}
 
 
 def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
@@ -86,10 +94,46 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
 _NOT_SCALAR = ("layer_param_norm", "layer_grad_norm", "layer_dead_fraction",
                "layer_preact_drift", "layer_preact_mean_spread",
                "feature_singular_values", "preact_histogram", "within_task_drift",
-               "within_task_histogram")
+               "within_task_histogram", "step_loss", "step_accuracy")
 _PER_LAYER = {"layer_dead_fraction": "dead_fraction_layer",
               "layer_preact_drift": "preact_drift_layer",
               "layer_preact_mean_spread": "preact_mean_spread_layer"}
+
+
+def step_rows(intervention: str, metrics, seeds: Sequence[int], steps_per_task: int,
+              points: Sequence[dict] = ({},), first_task: int = 0) -> list[dict]:
+  """steps.csv's rows: one per (run, task, logged step) from the ``step_loss``
+  and ``step_accuracy`` of `engine.TaskMetrics` (axes [run, task, S / k]).
+
+  With k = ``log_every_steps`` (S / k values per task of S = `steps_per_task`
+  steps), the j-th value of task t is the mean over the task's steps
+  ``jk + 1 .. (j + 1) k`` (counted from 1), and its row says where that window
+  ends: ``task_step = (j + 1) k`` within the task and ``step = t S + (j + 1) k``
+  from the run's start. Tasks are numbered from `first_task`; runs, seeds and
+  grid points as in `metrics_to_rows`. No rows where the steps were not kept.
+  """
+  if metrics.step_loss is None:
+    return []
+  loss, accuracy = np.asarray(metrics.step_loss), np.asarray(metrics.step_accuracy)
+  num_runs, num_tasks, per_task = loss.shape
+  if len(seeds) * len(points) != num_runs:
+    raise ValueError(f"{len(seeds)} seeds x {len(points)} grid points for {num_runs} runs")
+  every = steps_per_task // per_task
+  rows = []
+  for s in range(num_runs):
+    point = points[s // len(seeds)]
+    for t in range(num_tasks):
+      task = first_task + t
+      for j in range(per_task):
+        row = {"intervention": intervention, "seed": int(seeds[s % len(seeds)]), "task": task,
+               "task_step": (j + 1) * every, "step": task * steps_per_task + (j + 1) * every}
+        if point:
+          row["hparams"] = grid_lib.label(point)
+          row.update(point)
+        row["train_loss"] = loss[s, t, j].item()
+        row["train_accuracy"] = accuracy[s, t, j].item()
+        rows.append(row)
+  return rows
 
 
 def histogram_arrays(condition_metrics: dict, edges) -> dict[str, np.ndarray]:
@@ -104,9 +148,9 @@ def histogram_arrays(condition_metrics: dict, edges) -> dict[str, np.ndarray]:
   return out
 
 
-def columns(rows: Iterable[dict]) -> list[str]:
-  """The base columns, then every other key in order of first appearance."""
-  cols = list(BASE_COLUMNS)
+def columns(rows: Iterable[dict], base: Sequence[str] = BASE_COLUMNS) -> list[str]:
+  """The `base` columns, then every other key in order of first appearance."""
+  cols = list(base)
   for row in rows:
     cols.extend(k for k in row if k not in cols)
   return cols
@@ -138,10 +182,12 @@ def _atomic_write(path: str, content: str | bytes) -> None:
     raise
 
 
-def write_csv(path: str, rows: Sequence[dict]) -> None:
-  """Writes `rows` to `path` atomically; missing values are left empty."""
+def write_csv(path: str, rows: Sequence[dict], base: Sequence[str] = BASE_COLUMNS) -> None:
+  """Writes `rows` to `path` atomically, the `base` columns first; missing
+  values are left empty."""
   buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=columns(rows), restval="", lineterminator="\n")
+  writer = csv.DictWriter(buf, fieldnames=columns(rows, base), restval="",
+                          lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
   _atomic_write(path, buf.getvalue())
@@ -204,7 +250,8 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_csv(path: str) -> list[dict]:
-  """Reads a metrics.csv back, numbers as floats (ints for seed and task)."""
+  """Reads a metrics.csv (or steps.csv) back, numbers as floats (ints for
+  seed, task, task_step and step); empty values stay ``""``."""
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
   out = []
@@ -213,12 +260,54 @@ def read_csv(path: str) -> list[dict]:
     for k, v in row.items():
       if k in ("intervention", "hparams") or v == "":
         parsed[k] = v
-      elif k in ("seed", "task"):
+      elif k in INT_COLUMNS:
         parsed[k] = int(v)
       else:
         parsed[k] = float(v)
     out.append(parsed)
   return out
+
+
+def load(workdir: str, table: str = "metrics"):
+  """A workdir's results as one tidy table, one row per observation.
+
+  ``table="metrics"``: metrics.csv, a row per (intervention, grid point, seed,
+  task); ``table="steps"``: steps.csv, a row per (intervention, grid point,
+  seed, logged step). For a study's folder (one holding ``cells/<cell>/``
+  workdirs and no table of its own), every cell's rows, each with a ``cell``
+  column naming it, cells in name order.
+
+  Returns a ``pandas.DataFrame`` when pandas is installed (the ``pandas``
+  extra), else a list of dicts; either way numbers are floats (ints for seed,
+  task, task_step and step), text columns strings, and a value the run did
+  not measure (an empty cell) NaN. Raises FileNotFoundError naming the file
+  if neither the workdir nor any cell has it.
+  """
+  if table not in TABLES:
+    raise ValueError(f"table {table!r}: choose one of {', '.join(TABLES)}")
+  name = TABLES[table]
+  path = os.path.join(workdir, name)
+  if os.path.exists(path):
+    rows = _tidy(read_csv(path))
+  else:
+    cells_dir = os.path.join(workdir, "cells")
+    cells = sorted(c for c in (os.listdir(cells_dir) if os.path.isdir(cells_dir) else [])
+                   if os.path.exists(os.path.join(cells_dir, c, name)))
+    if not cells:
+      raise FileNotFoundError(f"no {name} in {workdir} (nor in a study's cells/*/)")
+    rows = [{"cell": cell, **row} for cell in cells
+            for row in _tidy(read_csv(os.path.join(cells_dir, cell, name)))]
+  try:
+    import pandas as pd  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return rows
+  return pd.DataFrame(rows, columns=columns(rows, ()))
+
+
+def _tidy(rows: list[dict]) -> list[dict]:
+  """`read_csv` rows with an empty number as NaN."""
+  return [{k: (math.nan if v == "" and k not in TEXT_COLUMNS else v) for k, v in row.items()}
+          for row in rows]
 
 
 def condition(row: dict) -> str:
