@@ -376,13 +376,15 @@ def run(prepared: Prepared, workdir: str,
   summary = results.summarize(rows, conditions)
   results.write_json(os.path.join(workdir, "summary.json"), summary)
   title = f"{config.name}: {config.shift} on {config.dataset}"
+  chance = plotting.chance_accuracy(config.shift, num_classes)
   plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
-                           title=title)
+                           title=title, chance=chance)
   # The figures sum the seeds that never diverged, as the curves average them.
   diverged = {c: results.diverged_seeds(rows, c) for c in conditions}
   if steps:
     plotting.plot_step_curves(steps, conditions, os.path.join(workdir, "steps.png"),
-                              config.steps_per_task, title=title, exclude=diverged)
+                              config.steps_per_task, title=title, exclude=diverged,
+                              chance=chance)
   if config.probes.enabled:
     edges = from_config.probe_settings(config).histogram_edges
     histograms = results.histogram_arrays(by_condition, edges)

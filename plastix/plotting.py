@@ -440,41 +440,62 @@ def step_curves(step_rows: Sequence[dict], condition: str, key: str,
 
 def plot_step_curves(step_rows: Sequence[dict], interventions: Sequence[str], path: str,
                      steps_per_task: int, title: str = "",
-                     exclude: Mapping[str, np.ndarray] | None = None) -> None:
+                     exclude: Mapping[str, np.ndarray] | None = None,
+                     chance: float | None = None) -> list[str]:
   """Saves steps.png: the training loss and accuracy against the training step
-  (steps.csv: each point the mean over the `log_every_steps` steps it ends),
-  per condition the mean over seeds and their min-max band, less the seeds
-  `exclude` marks (diverged ones), with a dotted line at every task switch:
-  how fast each network learns again after a switch."""
-  fig, axes = plt.subplots(2, 1, figsize=(11, 6.4), sharex=True)
-  last = 0
-  for ax, (key, label) in zip(axes, STEP_PANELS):
-    drawn = False
+  (steps.csv, each point the mean over the ``log_every_steps`` steps it ends),
+  per condition the mean over seeds and a band of ± 1 std, less the seeds
+  `exclude` marks (those that diverged), a dotted line at every task switch
+  and `chance` on the accuracy panel: how fast a network learns again after a
+  switch. A panel with nothing to show (`omission`: accuracy of a regression)
+  is left out and named; returns the columns drawn (none: nothing written)."""
+  styles = condition_styles(interventions)
+  exclude = exclude or {}
+  drawn, omitted, kept = [], [], []
+  for key, label in STEP_PANELS:
+    curves = {}
     for name in interventions:
-      steps, values = step_curves(step_rows, name, key, (exclude or {}).get(name))
-      if not values.size or not np.isfinite(values).any():
-        continue
+      steps, values = step_curves(step_rows, name, key, exclude.get(name))
+      if values.size:
+        curves[name] = (steps, values)
+        if key == STEP_PANELS[0][0]:
+          kept.append(values.shape[0])
+    why = omission([v for _, v in curves.values()])
+    if why is None:
+      drawn.append((key, label, curves))
+    else:
+      omitted.append((label, why))
+  if not drawn:
+    return []
+  fig, axes = plt.subplots(len(drawn), 1, figsize=(11, 3.2 * len(drawn)), sharex=True,
+                           squeeze=False)
+  axes = list(axes[:, 0])
+  last = 0
+  for ax, (key, label, curves) in zip(axes, drawn):
+    for name, (steps, values) in curves.items():
+      mean, std = mean_std(values)
+      ax.plot(steps, mean, label=name, lw=1.2, **styles[name])
+      ax.fill_between(steps, mean - std, mean + std, color=styles[name]["color"],
+                      alpha=0.2 if len(curves) <= 10 else 0.1, lw=0)
       last = max(last, int(steps[-1]))
-      with np.errstate(all="ignore"):
-        mean = np.nanmean(values, axis=0)
-        low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
-      (line,) = ax.plot(steps, mean, label=name, lw=1.2)
-      ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
-      drawn = True
-    if not drawn:
-      ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center",
-              transform=ax.transAxes, color="0.5")
+    if chance is not None and key.endswith("accuracy"):
+      ax.axhline(chance, color="0.35", ls="--", lw=1.2,
+                 label=f"chance (1/{round(1 / chance)})")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
   switches = np.arange(steps_per_task, last, steps_per_task)
-  if 0 < len(switches) <= 100:
+  if len(switches) <= 100:
     for ax in axes:
       for x in switches:
         ax.axvline(x, color="0.6", lw=0.6, ls=":", zorder=0)
-  axes[-1].set_xlabel(f"training step (a task every {steps_per_task} steps)")
-  if axes[0].get_legend_handles_labels()[0]:
-    axes[0].legend(fontsize=8)
-  if title:
-    fig.suptitle(title)
+  axes[-1].set_xlabel(f"training step (a new task every {steps_per_task} steps, dotted)")
+  _legend(fig, axes)
+  seeds = _count_text(kept) if kept else "0"
+  band = BAND.replace("over seeds", f"over {seeds} seed{'' if seeds == '1' else 's'}")
+  if any(np.asarray(marks, bool).any() for marks in exclude.values()):
+    band += "; diverged seeds left out"
+  _title(fig, title, band)
   fig.tight_layout()
+  _omitted_note(fig, omitted)
   _save(fig, path)
+  return [key for key, _, _ in drawn]

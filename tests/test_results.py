@@ -158,3 +158,48 @@ def test_shares_of_processes_merge_in_run_order(tmp_path):
   assert merged.diverged_task.dtype == np.int32
   with pytest.raises(ValueError, match=r"runs \[1, 3\] are in none"):
     results.merge_shares(metrics([0, 2]), paths[:1], num_runs=4)
+
+
+def _load_without_pandas(monkeypatch, *args, **kwargs):
+  import sys  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+  return results.load(*args, **kwargs)
+
+
+def test_load_returns_the_tidy_table_with_and_without_pandas(tmp_path, monkeypatch):
+  pd = pytest.importorskip("pandas")
+  rows = _rows()
+  rows[1]["test_accuracy"] = 0.25  # measured on one row only: empty in the others
+  results.write_csv(str(tmp_path / "metrics.csv"), rows)
+  table = results.load(str(tmp_path))
+  assert isinstance(table, pd.DataFrame) and len(table) == 10
+  assert list(table.columns[:3]) == ["intervention", "seed", "task"]
+  assert table["seed"].tolist() == [0] * 5 + [1] * 5 and table["seed"].dtype.kind == "i"
+  assert table["train_accuracy"].tolist() == [r["train_accuracy"] for r in rows]
+  assert table["test_accuracy"].isna().sum() == 9 and table["test_accuracy"][1] == 0.25
+  # The mean over seeds of the last task, as summary.json has it.
+  last = table[table["task"] == 4]
+  assert last["train_accuracy"].mean() == pytest.approx(0.45)
+
+  plain = _load_without_pandas(monkeypatch, str(tmp_path))
+  assert isinstance(plain, list) and len(plain) == 10
+  assert plain[1]["test_accuracy"] == 0.25 and np.isnan(plain[0]["test_accuracy"])
+  assert {k: v for k, v in plain[3].items() if k != "test_accuracy"} == rows[3]
+
+
+def test_load_reads_steps_and_a_studys_cells(tmp_path, monkeypatch):
+  steps = [{"intervention": "baseline", "seed": 0, "task": 0, "task_step": 5, "step": 5,
+            "train_loss": 2.5, "train_accuracy": 0.125}]
+  for cell, seed in (("b_relu", 1), ("a_gelu", 0)):
+    folder = tmp_path / "study" / "cells" / cell
+    folder.mkdir(parents=True)
+    results.write_csv(str(folder / "metrics.csv"), [dict(_rows()[0], seed=seed)])
+    results.write_csv(str(folder / "steps.csv"), steps, base=results.STEP_COLUMNS)
+  rows = _load_without_pandas(monkeypatch, str(tmp_path / "study"))
+  assert [(r["cell"], r["seed"]) for r in rows] == [("a_gelu", 0), ("b_relu", 1)]
+  step_rows = _load_without_pandas(monkeypatch, str(tmp_path / "study"), table="steps")
+  assert step_rows == [{"cell": "a_gelu", **steps[0]}, {"cell": "b_relu", **steps[0]}]
+  with pytest.raises(FileNotFoundError, match="no metrics.csv in"):
+    results.load(str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match="table 'probes'"):
+    results.load(str(tmp_path / "study"), table="probes")
