@@ -1,4 +1,5 @@
-"""The benchmarks' shared method (paired ratios, worker rounds), the matmul floor."""
+"""The benchmarks' shared method (paired ratios, worker rounds), the matmul floor, and the
+RL benchmark with its PyTorch reference."""
 
 import platform
 import signal
@@ -9,11 +10,14 @@ import time
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import pairing
+from benchmarks import rl_throughput
 from benchmarks import throughput
 from plastix import engine, from_config, sharding
+from plastix.rl import from_config as rl_from_config
 from tests.conftest import tiny_config
 
 # Stand-ins for a worker process, speaking the worker protocol over stdin/stdout.
@@ -306,3 +310,194 @@ def test_torch_floor_runs_the_same_eight_products_and_updates():
   # As matmul_floor: three forward, five backward (no input gradient for the first layer).
   assert products == 8
   assert all(bool(torch.any(k != b)) for k, b in zip(kernels, before))  # SGD ran
+
+
+# ----------------------------------------------------------------------------
+# The RL benchmark and its PyTorch reference.
+
+
+def test_forward_macs_and_dqn_flops_by_hand():
+  # Breakout: 10x10x4 observations, 3 actions. conv 100 * 16 * 9 * 4 = 57,600;
+  # dense 1600 * 128 = 204,800; head 128 * 3 = 384.
+  assert rl_throughput.forward_macs((10, 10, 4), 3) == 57_600 + 204_800 + 384
+  flops = rl_throughput.dqn_flops_per_env_step((10, 10, 4), 3)
+  m = 262_784
+  assert flops == {"update": 10 * m * 32, "act": 2 * m, "total": 10 * m * 32 + 2 * m}
+  half = rl_throughput.dqn_flops_per_env_step((10, 10, 4), 3, updates_per_env_step=0.5)
+  assert half["update"] == 5 * m * 32 and half["act"] == 2 * m
+
+
+def test_rl_config_matches_the_reference_settings():
+  config = rl_throughput.rl_config("breakout", "dqn", num_seeds=8, num_envs=1, steps=500,
+                                   learning_starts=1200, buffer_size=4000)
+  assert rl_throughput.warmup_rounds(1200, 500) == 3 and rl_throughput.warmup_rounds(0, 500) == 1
+  assert config.total_env_steps == 4 * 500 and config.eval_every_steps == 500
+  assert (config.num_seeds, config.num_envs, config.replay.train_every) == (8, 1, 1)
+  assert config.replay.batch_size == 32 and config.replay.buffer_size == 4000
+  assert config.replay.learning_starts == config.exploration.eps_decay_steps == 1200
+  assert not config.probes.enabled and config.interventions == "baseline"
+  spec, _ = rl_from_config.build(config)  # a valid config
+  assert spec.window_steps == 500 and spec.num_envs == 1 and not spec.run_probes
+  assert spec.model.channels == (16,) and spec.model.hidden_sizes == (128,)
+  assert spec.model.kernel_size == 3 and spec.model.stride == 1
+
+
+def test_the_analytic_forward_flops_match_xlas_count():
+  config = rl_throughput.rl_config("breakout", "dqn", 1, 1, 100, 100, 1000)
+  spec, hp = rl_from_config.build(config)
+  counted = rl_throughput.xla_flops(spec, hp)
+  m = rl_throughput.forward_macs(spec.env.info.obs_shape, spec.env.info.num_actions)
+  # XLA leaves out the taps that fall on the conv's padding: per image side 8
+  # positions see 3 taps and 2 see 2, so (8 * 3 + 2 * 2)^2 = 784 of 10^2 * 9
+  # position-taps are real. It adds the biases and ReLUs (about 3,500 FLOPs).
+  conv, real_conv = 100 * 16 * 9 * 4, 784 * 16 * 4
+  real = 2 * (m - conv + real_conv)
+  assert abs(counted["xla_act_flops"] - real) / real < 0.01
+  # The update runs at least the products the convention counts, less the conv
+  # layer's input gradient, which no one computes.
+  assert counted["xla_update_flops"] >= 0.98 * (10 * m - 2 * conv) * 32
+
+
+def test_parse_mode():
+  assert rl_throughput.parse_mode("plastix_8") == ("plastix", 8)
+  assert rl_throughput.parse_mode("pqn_128") == ("pqn", 128)
+  assert rl_throughput.parse_mode("torch") == ("torch", 0)
+  for bad in ("plastix", "plastix_0", "torch_2", "jax", "pqn_x"):
+    with pytest.raises(ValueError, match="unknown mode"):
+      rl_throughput.parse_mode(bad)
+
+
+def _rl_cells():
+  info = {"obs_shape": [10, 10, 4], "num_actions": 3, "num_envs": 1, "compile_s": 2.0,
+          "peak_rss_mib": 300.0}
+  return {"plastix_8": dict(info, times=[1.0, 1.0, 2.0], seed_steps=800, num_seeds=8),
+          "plastix_1": dict(info, times=[0.5, 0.5, 0.5], seed_steps=100, num_seeds=1),
+          "torch": dict(info, times=[2.0, 4.0, 4.0], seed_steps=100, num_seeds=1,
+                        compile_s=0.0),
+          "pqn_128": {"error": "boom"}}
+
+
+def test_rl_speed_ratios_compare_seed_steps_per_second_round_by_round():
+  cells = _rl_cells()
+  per_step = rl_throughput.per_step_cells(cells)
+  assert per_step["plastix_8"]["times"] == [1 / 800, 1 / 800, 2 / 800]
+  assert "pqn_128" not in per_step
+  # Per round, (800 / t_plastix) / (100 / t_torch): 16, 32, 16.
+  assert pairing.paired_ratio(per_step, "torch", "plastix_8") == (16.0, 16.0, 32.0)
+  assert rl_throughput.seed_steps_per_s(cells["plastix_8"]) == 800.0
+  assert rl_throughput.target_line(cells, 8) == (
+      "target: plastix_8 at least 4x the reference's seed-steps/s: 16.00x (16.00-32.00), met")
+  cells["plastix_8"]["times"] = [100.0, 100.0, 100.0]  # 8 steps/s against torch's 25-50
+  assert rl_throughput.target_line(cells, 8).endswith("not met")
+  assert rl_throughput.target_line(cells, 3) is None
+
+
+def test_rl_table_rows():
+  cells = _rl_cells()
+  peak = 1e11
+  lines = rl_throughput.table_lines(cells, peak)
+  columns = [c.strip() for c in rl_throughput.HEADER.strip("|").split("|")]
+  rows = {line.split("|")[1].strip(): dict(zip(columns, (c.strip() for c in
+                                                         line.strip("|").split("|"))))
+          for line in lines}
+  row = rows["plastix_8"]
+  assert row["seed-steps/s"] == "800" and row["per seed"] == "100" and row["seeds"] == "8"
+  assert row["vs torch (paired)"] == "16.00x (16.00-32.00)"
+  flops = 10 * 262_784 * 32 + 2 * 262_784  # per environment step
+  assert row["MFU"] == f"{100 * 800 * flops / peak:.1f}%"
+  assert rows["torch"]["vs torch (paired)"] == "1.00x" and rows["torch"]["seed-steps/s"] == "25"
+  assert "n/a (boom)" in rows["pqn_128"]["seed-steps/s"]
+  assert "unsteady rounds" in rows  # plastix_8's round 3 took 2x its fastest
+
+
+def test_rl_benchmark_refuses_bad_flags_with_one_line():
+  for flag in ("--steps=0", "--game=pong", "--seeds=1,x", "--modes=plastix_1,jax",
+               "--learning_starts=8"):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.rl_throughput", flag],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (flag, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(flag.split("=")[0] + ":")
+
+
+def test_rl_benchmark_runs_tiny_end_to_end():
+  pytest.importorskip("torch")
+  pytest.importorskip("minatar")
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.rl_throughput", "--steps=40", "--learning_starts=40",
+       "--rounds=2", "--seeds=1,2", "--buffer_size=200", "--pqn_envs=4"],
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  rows = {line.split("|")[1].strip(): line for line in out.splitlines()
+          if line.startswith("| ") and "---" not in line}
+  for mode in ("plastix_1", "plastix_2", "torch"):
+    assert mode in rows and "n/a (" not in rows[mode], out
+    assert rows[mode].count("%") == 1  # its MFU
+  assert "x (" in rows["plastix_2"]  # its paired ratio to the reference
+  assert "target: plastix_2 at least 4x" in out and "XLA's count of the compiled update" in out
+
+
+def test_reference_double_dqn_loss_by_hand():
+  torch = pytest.importorskip("torch")
+  from benchmarks import rl_reference  # pylint: disable=g-import-not-at-top
+  q = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], requires_grad=True)
+  next_online = torch.tensor([[0.0, 5.0, 1.0], [1.0, 0.0, 0.0]], requires_grad=True)
+  next_target = torch.tensor([[10.0, 2.0, 3.0], [7.0, 7.0, 7.0]], requires_grad=True)
+  args = (torch.tensor([2, 0]), torch.tensor([1.0, 0.5]), torch.tensor([0.0, 1.0]), 0.9)
+  # a* = [1, 0] (online), Q_target(s', a*) = [2, 7]; y = [1 + 0.9 * 2, 0.5] (the
+  # second ended); deltas [3 - 2.8, 0 - 0.5] = [0.2, -0.5]: huber [0.02, 0.125].
+  loss = rl_reference.double_dqn_loss(q, next_online, next_target, *args, kappa=1.0)
+  assert abs(loss.item() - 0.0725) < 1e-6
+  # kappa 0.3: 0.02 and 0.3 * (0.5 - 0.15) = 0.105.
+  loss = rl_reference.double_dqn_loss(q, next_online, next_target, *args, kappa=0.3)
+  assert abs(loss.item() - 0.0625) < 1e-6
+  loss.backward()
+  assert next_online.grad is None and next_target.grad is None  # the target is held fixed
+  assert torch.allclose(q.grad, torch.tensor([[0.0, 0.0, 0.1], [-0.15, 0.0, 0.0]]))
+
+
+def test_reference_epsilon_replay_and_network():
+  pytest.importorskip("torch")
+  from benchmarks import rl_reference  # pylint: disable=g-import-not-at-top
+  s = rl_reference.Settings(eps_start=1.0, eps_end=0.1, eps_decay_steps=100)
+  assert [rl_reference.epsilon(s, t) for t in (0, 50, 100, 500)] == [1.0, 0.55, 0.1, 0.1]
+  buffer = rl_reference.ReplayBuffer(3, (1, 2, 2))
+  for i in range(4):  # the fourth overwrites the first
+    buffer.add(np.full((1, 2, 2), i % 2, bool), i, float(i), np.ones((1, 2, 2), bool), i == 3)
+  assert (buffer.size, buffer.position) == (3, 1)
+  assert list(buffer.actions) == [3, 1, 2] and list(buffer.terminated) == [1.0, 0.0, 0.0]
+  obs, actions, rewards, next_obs, terminated = buffer.sample(np.random.default_rng(0), 50)
+  assert obs.shape == (50, 1, 2, 2) and obs.dtype == next_obs.dtype == rl_reference.torch.float32
+  assert set(actions.tolist()) <= {1, 2, 3} and torch_equal(rewards, actions.float())
+  assert torch_equal(obs[:, 0, 0, 0], (actions % 2).float())
+  net = rl_reference.q_network(4, 3)
+  counts = [p.numel() for p in net.parameters()]
+  assert counts == [16 * 4 * 9, 16, 1600 * 128, 128, 128 * 3, 3]
+  assert tuple(net(rl_reference.torch.zeros(5, 4, 10, 10)).shape) == (5, 3)
+
+
+def torch_equal(a, b) -> bool:
+  return bool((a == b).all())
+
+
+def test_reference_agent_updates_once_per_step_and_syncs_its_target():
+  pytest.importorskip("torch")
+  pytest.importorskip("minatar")
+  from benchmarks import rl_reference  # pylint: disable=g-import-not-at-top
+  settings = rl_reference.Settings(learning_starts=40, buffer_size=64, target_update_period=5,
+                                   eps_decay_steps=40)
+  agent = rl_reference.Agent(settings, seed=0)
+  assert len(agent.actions) == 3  # breakout's minimal action set
+  agent.run(39)
+  assert agent.updates == 0 and agent.buffer.size == 39
+  agent.run(30)  # the 40th transition's step takes the first update: 30 updates
+  assert agent.updates == 30 and agent.buffer.size == 64 and agent.buffer.position == 69 % 64
+  same = lambda: all(bool((p == q).all()) for p, q in zip(agent.net.parameters(),
+                                                          agent.target.parameters()))
+  assert same()  # synced after update 30
+  agent.run(1)
+  assert agent.updates == 31 and not same()
+  assert np.isfinite(agent.last_loss)
+  with pytest.raises(ValueError, match="game: choose one of"):
+    rl_reference.Agent(rl_reference.Settings(game="pong"), seed=0)
