@@ -242,3 +242,18 @@ def test_a_bucket_workdir_is_refused_in_one_line(tmp_path, module):
       "error: --workdir 'gs://some-bucket/run': local paths only (gs:// is not supported); "
       "write to a local or mounted folder and copy it to the bucket afterwards"]
   assert not os.listdir(tmp_path)  # nothing written (no local "gs:" folder)
+
+
+def test_a_stalled_chunk_leaves_its_line_in_the_log(tmp_path):
+  from tests.test_watchdog import STALL_SECOND_CHUNK  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-c", STALL_SECOND_CHUNK, *TINY,
+                         "--config.stall_timeout_s=3", f"--workdir={workdir}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 3, proc.stderr
+  stall = proc.stderr.strip().splitlines()[-1]
+  assert stall.startswith("error: [baseline] the program for task 2 of 2")
+  lines = (workdir / "log.txt").read_text().splitlines()
+  assert lines[-1].startswith("E") and PREFIX.sub("", lines[-1]) == stall
+  assert any(PREFIX.sub("", line).startswith("[baseline] task 1/2") for line in lines)
