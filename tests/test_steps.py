@@ -111,3 +111,22 @@ def test_steps_csv_round_trips(tmp_path):
   back = results.read_csv(str(path))
   assert back == rows
   assert isinstance(back[0]["step"], int) and back[1]["step"] == 10
+
+
+def test_step_curves_and_their_figure(tmp_path):
+  from plastix import plotting  # pylint: disable=g-import-not-at-top
+  rows = [{"intervention": "ln", "seed": s, "task": t, "task_step": j, "step": 4 * t + j,
+           "train_loss": 10.0 * s + 4 * t + j, "train_accuracy": float("nan")}
+          for s in (1, 0) for t in (0, 1) for j in (2, 4)]
+  rows.append(dict(rows[0], intervention="other"))
+  steps, values = plotting.step_curves(rows, "ln", "train_loss")
+  np.testing.assert_array_equal(steps, [2, 4, 6, 8])
+  np.testing.assert_array_equal(values, [[2, 4, 6, 8], [12, 14, 16, 18]])  # seeds 0, 1
+  _, kept = plotting.step_curves(rows, "ln", "train_loss", exclude=np.array([False, True]))
+  np.testing.assert_array_equal(kept, [[2, 4, 6, 8]])
+  # A regression's accuracy (NaN throughout) is left out of the figure.
+  path = tmp_path / "steps.png"
+  assert plotting.plot_step_curves(rows, ["ln"], str(path), 4) == ["train_loss"]
+  assert path.read_bytes()[:4] == b"\x89PNG"
+  assert plotting.plot_step_curves([], ["ln"], str(tmp_path / "none.png"), 4) == []
+  assert not (tmp_path / "none.png").exists()
