@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -22,7 +23,8 @@ class Checkpointer:
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=False,
-                                             create=True))
+                                             create=True),
+        item_handlers=ocp.StandardCheckpointHandler())  # also reads metadata before a restore
 
   def latest_tasks_done(self) -> int | None:
     """Tasks finished in the newest complete checkpoint (None: no checkpoint)."""
@@ -33,11 +35,31 @@ class Checkpointer:
         {"states": states, "metrics": metrics}))
     self._manager.wait_until_finished()
 
-  def restore(self, tasks_done: int, states_like, metrics_like):
+  def saved_runs(self, tasks_done: int) -> int:
+    """The length of the saved run axis (the leading axis of every array)."""
+    tree = self._manager.item_metadata(tasks_done).tree
+    return min(leaf.shape[0] for leaf in jax.tree.leaves(
+        tree, is_leaf=lambda x: hasattr(x, "shape")) if len(leaf.shape))
+
+  def restore(self, tasks_done: int, states_like, metrics_like, num_runs: int | None = None):
     """Restores into the structure, shapes, dtypes and placement of the `*_like`
-    pytrees (arrays, or `jax.ShapeDtypeStruct`s with a sharding)."""
+    pytrees (arrays, or `jax.ShapeDtypeStruct`s with a sharding).
+
+    With `num_runs`, the saved run axis may be longer or shorter than the
+    targets' (runs padded to a multiple of another device count,
+    `plastix.sharding.pad_runs`), provided it holds the first `num_runs` runs:
+    saved rows past the targets' are dropped and rows the checkpoint lacks come
+    back as zeros (`plastix.sharding.fill_padding` makes them copies again).
+    Raises ValueError if the checkpoint holds fewer than `num_runs` rows.
+    """
+    strict = num_runs is None
+    if not strict and self.saved_runs(tasks_done) < num_runs:
+      raise ValueError(f"the checkpoint after {tasks_done} tasks holds "
+                       f"{self.saved_runs(tasks_done)} runs, fewer than the {num_runs} "
+                       "runs to resume")
     target = {"states": states_like, "metrics": metrics_like}
-    out = self._manager.restore(tasks_done, args=ocp.args.StandardRestore(target))
+    out = self._manager.restore(tasks_done,
+                                args=ocp.args.StandardRestore(target, strict=strict))
     return out["states"], out["metrics"]
 
   def close(self) -> None:

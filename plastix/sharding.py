@@ -6,6 +6,12 @@ devices makes XLA partition that axis: each device trains its share of the
 seeds, with no change to the engine. On one device this is a no-op, so the
 same code runs on a laptop CPU, 8 GPUs or a TPU slice.
 
+Any number of runs trains on any number of devices: runs that do not split
+evenly are padded to the next multiple of the devices with copies of the last
+run (`pad_runs`), which train alongside the others and are dropped before
+anything is reported (`unpad`), so 3 seeds on 4 devices give the metrics of 3
+seeds on one device.
+
 On a CPU, XLA splits each operation of one program over the cores, which for
 an MLP's small operations is slower than training each core's share of the
 runs as a separate device: `cpu_device_count` says how many devices to
@@ -34,6 +40,7 @@ import re
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -120,11 +127,54 @@ def seed_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(SEED_AXIS))
 
 
-def check_divisible(num_runs: int, mesh: Mesh) -> None:
-  """Raises ValueError unless the runs (seeds x grid points) split evenly over the mesh."""
-  if num_runs % mesh.size:
-    raise ValueError(f"{num_runs} runs (seeds x grid points) do not split evenly over "
-                     f"{mesh.size} devices; use a multiple of {mesh.size}")
+def padded_count(num_runs: int, multiple: int) -> int:
+  """The rows `num_runs` runs take on `multiple` devices: the smallest multiple
+  of the devices that holds them, ``ceil(num_runs / multiple) * multiple``."""
+  if num_runs < 1 or multiple < 1:
+    raise ValueError(f"need at least one run and one device (got {num_runs} runs, "
+                     f"{multiple} devices)")
+  return -(-num_runs // multiple) * multiple
+
+
+def pad_runs(tree, multiple: int):
+  """Pads the leading (run) axis of every leaf to `padded_count` rows with
+  copies of its last row; ``(padded tree, number of real runs)``.
+
+  Row ``r`` of the padded tree is row ``min(r, R - 1)`` of `tree` (R real
+  runs): a padding row trains the last run again (same key, same
+  hyperparameters), alongside the others and independently of them, so the
+  real runs' results do not change; `unpad` drops the copies. Every leaf must
+  have the same leading length R.
+  """
+  leaves = jax.tree.leaves(tree)
+  lengths = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+  if len(lengths) != 1 or None in lengths:
+    raise ValueError(f"every leaf needs the same leading run axis (lengths {lengths})")
+  (num_real,) = lengths
+  rows = np.minimum(np.arange(padded_count(num_real, multiple)), num_real - 1)
+  if len(rows) == num_real:
+    return tree, num_real
+  return jax.tree.map(lambda x: x[rows], tree), num_real
+
+
+def unpad(tree, num_real: int):
+  """The first `num_real` rows of every leaf's leading axis: the real runs of
+  a `pad_runs` tree."""
+  return jax.tree.map(lambda x: x[:num_real], tree)
+
+
+def fill_padding(tree, num_real: int, mesh: Mesh):
+  """`tree` (leaves placed by `shard_seeds` on `mesh`) with every row past the
+  first `num_real` replaced by a copy of row ``num_real - 1``, placed as
+  before: restores `pad_runs`'s padding where it was lost (a checkpoint of
+  another padded length restored zero-filled or cut short)."""
+  placement = seed_sharding(mesh)
+
+  def fill(x):
+    rows = jnp.minimum(jnp.arange(x.shape[0]), num_real - 1)
+    return x[rows]
+
+  return jax.jit(lambda t: jax.tree.map(fill, t), out_shardings=placement)(tree)
 
 
 def _place(tree, sharding: NamedSharding):
@@ -188,17 +238,33 @@ def local_rows(tree, rows: np.ndarray):
   return jax.tree.map(fetch, tree)
 
 
-def from_local_rows(tree, rows: np.ndarray, num_rows: int, mesh: Mesh):
+def from_local_rows(tree, rows: np.ndarray, num_rows: int, mesh: Mesh,
+                    num_real: int | None = None):
   """The inverse of `local_rows`: global arrays of `num_rows` rows placed by
-  `shard_seeds` on `mesh`, each process giving the rows `rows` it holds."""
+  `shard_seeds` on `mesh`, each process giving the rows `rows` it holds.
+
+  With `num_real` (runs padded by `pad_runs`), `rows` may leave out the
+  padding rows ``num_real ..`` (which hold nothing anyone reads): they are
+  zeros. Raises ValueError if a row this process's devices hold is missing.
+  """
   position = {int(r): i for i, r in enumerate(rows)}
   placement = seed_sharding(mesh)
+  num_real = num_rows if num_real is None else num_real
 
   def place(x):
     x = np.asarray(x)
-    return jax.make_array_from_callback(
-        (num_rows,) + x.shape[1:], placement,
-        lambda index: x[[position[r] for r in range(*index[0].indices(num_rows))]][
-            (slice(None),) + tuple(index[1:])])
+
+    def block(index):
+      wanted = list(range(*index[0].indices(num_rows)))
+      missing = [r for r in wanted if r not in position and r < num_real]
+      if missing:
+        raise ValueError(f"rows {missing} are on this process's devices but not given")
+      out = np.zeros((len(wanted),) + x.shape[1:], x.dtype)
+      for j, r in enumerate(wanted):
+        if r in position:
+          out[j] = x[position[r]]
+      return out[(slice(None),) + tuple(index[1:])]
+
+    return jax.make_array_from_callback((num_rows,) + x.shape[1:], placement, block)
 
   return jax.tree.map(place, tree)

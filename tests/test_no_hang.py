@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from plastix import probes
+from plastix import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Seconds a run may take here (each is 10-30 s on a busy 2-core machine).
@@ -94,6 +95,36 @@ def test_runs_per_device_finish(tmp_path, seeds, devices, extra):
   rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
   points = 4 if README_GRID in extra else 1
   assert len(rows) - 1 == seeds * points * 2  # a row per run and task.
+
+
+def _numbers_close(a: list[dict], b: list[dict]) -> None:
+  """Two metrics.csv tables hold the same rows, numbers to float tolerance."""
+  assert len(a) == len(b)
+  for row_a, row_b in zip(a, b):
+    assert row_a.keys() == row_b.keys()
+    for key, value in row_a.items():
+      if isinstance(value, float):
+        np.testing.assert_allclose(value, row_b[key], rtol=1e-4, atol=1e-5, err_msg=key)
+      else:
+        assert value == row_b[key], key
+
+
+@pytest.mark.parametrize("extra, points", [
+    ((), 1),  # 3 runs on 4 devices: one padding run.
+    (("--config.grid=optimizer.learning_rate=1e-3,3e-4",), 2),  # 6 runs: two.
+], ids=["3_seeds", "3_seeds_x_2_points"])
+def test_runs_that_do_not_fill_the_devices_are_padded(tmp_path, extra, points):
+  """A run count the devices do not divide runs, padded with copies of the last
+  run that train and are dropped: the metrics of one device."""
+  tables = {}
+  for devices in (4, 1):
+    proc = _train(tmp_path / f"on_{devices}", "--config.num_seeds=3",
+                  f"--config.cpu_devices={devices}", *extra)
+    assert f"3 seeds on {devices} cpu device" in _header(proc)
+    tables[devices] = results.read_csv(str(tmp_path / f"on_{devices}" / "metrics.csv"))
+  assert len(tables[4]) == 3 * points * 2  # a row per real run and task, no padding
+  assert sorted({r["seed"] for r in tables[4]}) == [0, 1, 2]
+  _numbers_close(tables[4], tables[1])
 
 
 def test_singular_values_match_the_batched_kernel():

@@ -76,11 +76,20 @@ SCRIPT = textwrap.dedent("""
     back = sharding.from_local_rows(tree, rows, 8, mesh)
     assert back["a"].sharding.is_equivalent_to(placed["a"].sharding, 2)
     chex.assert_trees_all_equal(jax.device_get(back), tree)
+    # Padding rows: refilled as copies of the last real run, placed as before;
+    # left out of a process's rows, they are saved as zeros; a real row never is.
+    padded = sharding.shard_seeds({"a": np.arange(8.0).reshape(4, 2)}, mesh)
+    filled = sharding.fill_padding(padded, 3, mesh)
+    assert filled["a"].sharding.is_equivalent_to(padded["a"].sharding, 2)
+    np.testing.assert_array_equal(filled["a"], [[0, 1], [2, 3], [4, 5], [4, 5]])
+    three = {"a": np.arange(6.0).reshape(3, 2)}
+    back = sharding.from_local_rows(three, np.arange(3), 4, mesh, num_real=3)
+    np.testing.assert_array_equal(back["a"], [[0, 1], [2, 3], [4, 5], [0, 0]])
     try:
-      sharding.check_divisible(4, sharding.seed_mesh(jax.devices()[:3]))
-      raise SystemExit("4 seeds on 3 devices were not refused")
+      sharding.from_local_rows(three, np.array([0, 1]), 4, mesh, num_real=3)
+      raise SystemExit("a missing real row was not refused")
     except ValueError as e:
-      assert "do not split evenly over 3 devices" in str(e), e
+      assert "rows [2]" in str(e), e
     print("ok")
 """)
 
@@ -92,6 +101,98 @@ def test_sharded_seeds_match_one_device():
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "ok" in proc.stdout
+
+
+# 3 runs (and a grid's 6) on 4 devices, padded with copies of the last run:
+# the metrics of one device, and a checkpoint resumes on any device count (the
+# saved padding cut off or zero-filled, then refilled with copies).
+PADDED_SCRIPT = textwrap.dedent("""
+    import tempfile
+    import jax, numpy as np, chex
+    from tests.conftest import tiny_config
+    from plastix import checkpointing, from_config, runner, sharding
+    assert jax.device_count() == 4, jax.devices()
+    one, two, four = (sharding.seed_mesh(jax.devices()[:n]) for n in (1, 2, 4))
+    config = tiny_config()
+    config.num_seeds, config.num_tasks, config.tasks_per_chunk = 3, 2, 1
+    data, num_classes = from_config.load_train_data(config)
+    train = lambda mesh, **kw: runner.run_intervention(config, "baseline", data, num_classes,
+                                                       mesh=mesh, **kw)
+    whole = train(one)
+    assert whole.train_loss.shape == (3, 2)
+    for mesh in (four, two):
+      chex.assert_trees_all_close(train(mesh), whole, rtol=2e-5, atol=1e-6)
+    # parallel_runs = the 3 runs: every run side by side, the padding too.
+    config.parallel_runs = 3
+    chex.assert_trees_all_close(train(four), whole, rtol=2e-5, atol=1e-6)
+    config.parallel_runs = 0
+    # As if killed after task 1 (a 1-task job leaves the checkpoint a 2-task
+    # job has after its first), resumed on the same and on other device counts.
+    for first, then in ((four, four), (four, one), (one, four), (four, two)):
+      folder = tempfile.mkdtemp()
+      config.num_tasks = 1
+      train(first, checkpoint_dir=folder)
+      config.num_tasks = 2
+      lines = []
+      resumed = train(then, checkpoint_dir=folder, progress=lines.append)
+      assert "resumed from checkpoint after task 1/2" in lines[0], lines
+      chex.assert_trees_all_close(resumed, whole, rtol=2e-5, atol=1e-6)
+    # A checkpoint of fewer runs than asked for is refused.
+    config.num_seeds, config.num_tasks = 1, 1
+    folder = tempfile.mkdtemp()
+    train(one, checkpoint_dir=folder)
+    config.num_seeds, config.num_tasks = 3, 2
+    try:
+      train(one, checkpoint_dir=folder)
+      raise SystemExit("a checkpoint of 1 run resumed 3")
+    except ValueError as e:
+      assert "holds 1 runs, fewer than the 3" in str(e), e
+    # A grid: 3 seeds x 2 points = 6 runs, padded to 8.
+    config.grid = "optimizer.learning_rate=1e-3,1e-2"
+    chex.assert_trees_all_close(train(four), train(one), rtol=2e-5, atol=1e-6)
+    print("ok")
+""")
+
+
+def test_runs_padded_to_the_devices_match_one_device_and_resume_anywhere():
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"),
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", PADDED_SCRIPT], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "ok" in proc.stdout
+
+
+@pytest.mark.parametrize("runs, multiple, expected", [
+    (3, 4, 4), (4, 4, 4), (5, 4, 8), (6, 4, 8), (1, 8, 8), (3, 1, 3), (7, 3, 9)])
+def test_padded_count(runs, multiple, expected):
+  assert sharding.padded_count(runs, multiple) == expected
+
+
+def test_pad_runs_repeats_the_last_run_and_unpad_drops_the_copies():
+  tree = {"keys": np.arange(6).reshape(3, 2), "hp": {"lr": np.array([0.1, 0.2, 0.3])}}
+  padded, num_real = sharding.pad_runs(tree, 4)
+  assert num_real == 3
+  np.testing.assert_array_equal(padded["keys"], [[0, 1], [2, 3], [4, 5], [4, 5]])
+  np.testing.assert_array_equal(padded["hp"]["lr"], [0.1, 0.2, 0.3, 0.3])
+  padded, _ = sharding.pad_runs(tree, 2)  # 3 runs on 2 devices: 4 rows as well
+  np.testing.assert_array_equal(padded["hp"]["lr"], [0.1, 0.2, 0.3, 0.3])
+  padded, _ = sharding.pad_runs(tree, 8)
+  np.testing.assert_array_equal(padded["hp"]["lr"], [0.1, 0.2] + [0.3] * 6)
+  unpadded = sharding.unpad(padded, num_real)
+  for got, want in zip(jax.tree.leaves(unpadded), jax.tree.leaves(tree)):
+    np.testing.assert_array_equal(got, want)
+  same, num_real = sharding.pad_runs(tree, 3)  # already a multiple: unchanged
+  assert same is tree and num_real == 3
+
+
+def test_pad_runs_needs_one_run_axis():
+  with pytest.raises(ValueError, match="same leading run axis"):
+    sharding.pad_runs({"a": np.zeros(3), "b": np.zeros(2)}, 4)
+  with pytest.raises(ValueError, match="same leading run axis"):
+    sharding.pad_runs({"a": np.zeros(3), "b": np.float32(1.0)}, 4)
+  with pytest.raises(ValueError, match="at least one run and one device"):
+    sharding.padded_count(3, 0)
 
 
 @pytest.mark.parametrize("runs, cores, parallel_runs, max_devices, expected", [
