@@ -425,13 +425,13 @@ def test_rl_benchmark_runs_tiny_end_to_end():
   pytest.importorskip("minatar")
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.rl_throughput", "--steps=40", "--learning_starts=40",
-       "--rounds=2", "--seeds=1,2", "--buffer_size=200", "--pqn_envs=4"],
+       "--rounds=2", "--seeds=2", "--buffer_size=200", "--pqn_envs=4"],
       capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = proc.stdout
   rows = {line.split("|")[1].strip(): line for line in out.splitlines()
           if line.startswith("| ") and "---" not in line}
-  for mode in ("plastix_1", "plastix_2", "torch"):
+  for mode in ("plastix_2", "torch"):
     assert mode in rows and "n/a (" not in rows[mode], out
     assert rows[mode].count("%") == 1  # its MFU
   assert "x (" in rows["plastix_2"]  # its paired ratio to the reference
