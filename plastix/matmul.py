@@ -85,3 +85,56 @@ def _backward(precision, residuals, g):
 
 
 kernel_layout_matmul.defvjp(_forward, _backward, symbolic_zeros=True)
+
+
+def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, lhs_dilation=None,
+                 rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                 batch_group_count: int = 1, precision=None,
+                 preferred_element_type=None) -> jax.Array:
+  r"""A 2-D convolution as one matrix product over image patches (`nn.Conv`'s
+  ``conv_general_dilated`` argument).
+
+  For NHWC inputs ``x`` and an HWIO kernel ``K`` ``[kh, kw, C, O]``, after
+  padding ``x`` as ``padding`` says (``"SAME"``, ``"VALID"`` or pairs),
+
+    y[b, i, j, o] = sum_{u, v, c} x[b, s_h i + u, s_w j + v, c] K[u, v, c, o]
+                  = P[b, i, j, :] . vec(K)[:, o],
+
+  where ``P[b, i, j]`` is the patch ``x[b, s_h i : s_h i + kh, s_w j : s_w j + kw, :]``
+  flattened in (u, v, c) order, built from ``kh * kw`` strided slices, and
+  ``vec(K)`` is the kernel reshaped to ``[kh kw C, O]``: the same function as
+  `lax.conv_general_dilated`. The product is `kernel_layout_matmul`, so the
+  kernel's gradient is ``P^T g`` in the kernel's layout.
+
+  Why: under `jax.vmap` over seeds, each seed has its own kernel, and XLA's CPU
+  backend runs the batched convolution as a grouped one, which measured ~5x
+  slower than these slices and one batched product for the MinAtar network
+  (a 3x3 conv of 16 channels on 10x10 inputs, batch 64, 8 seeds, 2-vCPU Xeon).
+  Reverse-mode only, like `kernel_layout_matmul`; other layouts, dilations,
+  groups or a `preferred_element_type` fall back to `lax.conv_general_dilated`.
+  """
+  plain = (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
+           and batch_group_count == 1 and preferred_element_type is None
+           and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+           and dimension_numbers is not None
+           and tuple(dimension_numbers) == lax.conv_dimension_numbers(
+               lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+  if not plain:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+  kh, kw, cin, cout = rhs.shape
+  _, h, w, _ = lhs.shape
+  sh, sw = window_strides
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding)
+  (top, bottom), (left, right) = padding
+  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = (h + top + bottom - kh) // sh + 1
+  out_w = (w + left + right - kw) // sw + 1
+  cols = [x[:, u:u + sh * (out_h - 1) + 1:sh, v:v + sw * (out_w - 1) + 1:sw, :]
+          for u in range(kh) for v in range(kw)]
+  return kernel_layout_matmul(jnp.concatenate(cols, axis=-1),
+                              rhs.reshape(kh * kw * cin, cout), precision)

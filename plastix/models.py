@@ -277,6 +277,9 @@ class CNN(nn.Module):
     stride: stride of every conv layer.
     norm, activation, dtype, dense_dot_general: as in `MLP` (the last for the
       dense layers and the head).
+    conv_general_dilated: the convolutions' implementation (None:
+      `lax.conv_general_dilated`); `patches_model` sets
+      `plastix.matmul.patches_conv`.
     input_shape: ``(H, W, C)``: if set, inputs ``[B, ...]`` are reshaped to
       ``[B, H, W, C]`` first (for flattened images).
   """
@@ -291,16 +294,19 @@ class CNN(nn.Module):
   dtype: str = "float32"
   input_shape: Sequence[int] | None = None
   dense_dot_general: Callable | None = None
+  conv_general_dilated: Callable | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     dtype = _check_options(self)
     dense = functools.partial(nn.Dense, dtype=dtype, dot_general=self.dense_dot_general)
+    conv_kw = ({} if self.conv_general_dilated is None
+               else {"conv_general_dilated": self.conv_general_dilated})
     x = _images(x, self.input_shape, "CNN")
     k = self.kernel_size
     for i, c in enumerate(self.channels):
       h = nn.Conv(c, (k, k), strides=self.stride, padding="SAME", dtype=dtype,
-                  name=f"conv_{i}")(x)
+                  name=f"conv_{i}", **conv_kw)(x)
       x = _hidden(self, h, i, train, dtype)
     x = x.reshape((x.shape[0], -1))
     for j, width in enumerate(self.hidden_sizes, start=len(self.channels)):
@@ -524,6 +530,17 @@ def training_model(model: nn.Module) -> nn.Module:
   if "dense_dot_general" not in {f.name for f in dataclasses.fields(model)}:
     return model
   return model.clone(dense_dot_general=matmul.dense_dot_general)
+
+
+def patches_model(model: nn.Module) -> nn.Module:
+  """`training_model`, and a CNN's convolutions as products over patches
+  (`plastix.matmul.patches_conv`): the same function up to float rounding (the
+  sums run in another order), much faster under `jax.vmap` over per-seed
+  kernels on a CPU; reverse-mode only. The RL loop acts and learns with it."""
+  model = training_model(model)
+  if "conv_general_dilated" in {f.name for f in dataclasses.fields(model)}:
+    return model.clone(conv_general_dilated=matmul.patches_conv)
+  return model
 
 
 def init_variables(model: nn.Module, key: jax.Array, example_x: jax.Array):

@@ -135,3 +135,44 @@ def test_the_engine_trains_with_the_training_model_and_probes_with_the_plain_one
   x = jnp.zeros((4, data.images.shape[1]))
   plain = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(spec.model.apply({"params": p}, x))))
   assert "transpose[" in str(plain(state.params))
+
+
+@pytest.mark.parametrize("strides, padding", [((1, 1), "SAME"), ((2, 2), "SAME"),
+                                              ((1, 1), "VALID"), ((2, 1), ((1, 0), (2, 1)))])
+def test_patches_conv_is_lax_conv_and_so_is_its_kernel_gradient(strides, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 3, 5))
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+  conv = lambda f: (lambda x, k: f(x, k, strides, padding, dimension_numbers=dn))
+  reference, ours = conv(jax.lax.conv_general_dilated), conv(matmul.patches_conv)
+  chex.assert_trees_all_close(ours(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
+  loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k))))
+  chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(x, k),
+                              jax.grad(loss(reference), argnums=(0, 1))(x, k),
+                              rtol=1e-4, atol=1e-4)
+
+
+def test_patches_conv_falls_back_for_grouped_convolutions():
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 4))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 4))
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+  args = ((1, 1), "SAME")
+  chex.assert_trees_all_close(
+      matmul.patches_conv(x, k, *args, dimension_numbers=dn, feature_group_count=2),
+      jax.lax.conv_general_dilated(x, k, *args, dimension_numbers=dn, feature_group_count=2))
+
+
+def test_patches_model_of_a_cnn_uses_patches_and_keeps_the_function():
+  model = models.create({"name": "cnn", "depth": 1, "width": 8, "cnn_channels": (4, 6)}, 3,
+                        (8, 8, 2))
+  trained = models.patches_model(model)
+  assert trained.conv_general_dilated is matmul.patches_conv
+  assert trained.dense_dot_general is matmul.dense_dot_general
+  assert models.training_model(model).conv_general_dilated is None
+  x = jax.random.uniform(jax.random.PRNGKey(0), (5, 8, 8, 2))
+  params = model.init(jax.random.PRNGKey(1), x)
+  loss = lambda m: (lambda p: jnp.sum(jnp.square(m.apply(p, x))))
+  chex.assert_trees_all_close(trained.apply(params, x), model.apply(params, x), rtol=1e-5,
+                              atol=1e-6)
+  chex.assert_trees_all_close(jax.grad(loss(trained))(params), jax.grad(loss(model))(params),
+                              rtol=1e-4, atol=1e-6)

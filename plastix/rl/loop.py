@@ -194,8 +194,14 @@ def probe_states(spec: RLSpec, key) -> jax.Array:
   return seen.reshape((-1,) + seen.shape[2:])[:spec.probe_batch_size]
 
 
+def _fast(model: nn.Module) -> nn.Module:
+  """`models.patches_model`: the same function, much faster under the run vmap
+  on a CPU (per-seed kernels); reverse-mode only, so not for the sharpness probe."""
+  return models.patches_model(model)
+
+
 def _forward(spec: RLSpec, params, model_state, obs):
-  return models.apply_model(spec.model, params, model_state, obs, train=False)[0]
+  return models.apply_model(_fast(spec.model), params, model_state, obs, train=False)[0]
 
 
 def _reference(spec: RLSpec, params, model_state, probe_obs) -> tuple:
@@ -209,8 +215,8 @@ def init_state(spec: RLSpec, hp: RLHParams, rng: jax.Array) -> RLState:
   """Fresh network, empty replay, reset environments and the fixed probe states."""
   params, model_state = _fresh_network(spec, _stream(rng, _INIT_STREAM))
   obs, env_state = spec.env.reset(_stream(rng, _ENV_STREAM))
-  example = Transition(obs=obs[0], action=jnp.zeros([], jnp.int32),
-                       reward=jnp.zeros([], jnp.float32), next_obs=obs[0],
+  example = Transition(obs=_stored(obs[0]), action=jnp.zeros([], jnp.int32),
+                       reward=jnp.zeros([], jnp.float32), next_obs=_stored(obs[0]),
                        terminated=jnp.zeros([], jnp.float32))
   probe_obs = probe_states(spec, _stream(rng, _PROBE_ENV_STREAM))
   zero = jnp.zeros([], jnp.float32)
@@ -226,13 +232,17 @@ def init_state(spec: RLSpec, hp: RLHParams, rng: jax.Array) -> RLState:
       game=jnp.zeros([], jnp.int32))
 
 
-def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: bool = True):
+def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: bool = True,
+               reverse_only: bool = True):
   """``loss(params, batch) -> (mean loss, (td errors [B], new model_state))``:
-  the agent's loss on a replay batch (with the coupled L2 term when on)."""
+  the agent's loss on a replay batch (with the coupled L2 term when on).
+  ``reverse_only=False`` builds it on the plain model, for forward-mode
+  differentiation (Hessian-vector products)."""
+  model = _fast(spec.model) if reverse_only else spec.model
 
   def loss(params, batch):
     obs = jnp.concatenate([batch.obs, batch.next_obs])
-    outputs, new_state = models.apply_model(spec.model, params, model_state, obs, train=train)
+    outputs, new_state = models.apply_model(model, params, model_state, obs, train=train)
     online, next_online = jnp.split(outputs, 2)
     next_target = _forward(spec, target_params, model_state, batch.next_obs)
     per_example, td = spec.agent.td_loss(online, next_online, next_target, batch, hp.gamma)
@@ -247,9 +257,8 @@ def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: b
   return loss
 
 
-def _update(spec: RLSpec, hp: RLHParams, state: RLState, key, env_steps):
-  """One gradient step on a replay batch; a non-finite loss is not applied."""
-  batch = replay.sample(state.buffer, key, spec.batch_size)
+def _update(spec: RLSpec, hp: RLHParams, state: RLState, batch, env_steps):
+  """One gradient step on `batch`; a non-finite loss is not applied."""
   loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state)
   (loss, (_, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch)
@@ -311,8 +320,9 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
   random_actions = jax.random.randint(k_random, (spec.num_envs,), 0, q.shape[-1])
   actions = jnp.where(explore, random_actions, jnp.argmax(q, axis=-1)).astype(jnp.int32)
   obs, env_state, out = spec.env.step(k_env, state.env_state, actions)
-  transitions = Transition(obs=state.obs, action=actions, reward=out.reward,
-                           next_obs=out.next_obs, terminated=out.terminated.astype(jnp.float32))
+  transitions = Transition(obs=_stored(state.obs), action=actions, reward=out.reward,
+                           next_obs=_stored(out.next_obs),
+                           terminated=out.terminated.astype(jnp.float32))
   done = out.terminated | out.truncated
   episode_return = state.episode_return + out.reward
   state = state.replace(
@@ -322,16 +332,39 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
       episodes=state.episodes + jnp.sum(done.astype(jnp.float32)),
       episode_return=jnp.where(done, 0.0, episode_return))
   # Shared by every run (a function of `step` only), so lax.cond skips the work.
+  # The conds carry the networks only: passing the replay buffer through a
+  # cond's operands can cost a copy of it every step.
   learn = ((step + 1) * spec.num_envs >= spec.learning_starts) & (step % spec.train_every == 0)
-  state = jax.lax.cond(learn, lambda s: _update(spec, hp, s, k_sample, env_steps),
-                       lambda s: s, state)
+  batch = replay.sample(state.buffer, k_sample, spec.batch_size)
+  batch = batch._replace(obs=_observations(batch.obs), next_obs=_observations(batch.next_obs))
+  small = jax.lax.cond(learn, lambda s: _update(spec, hp, s, batch, env_steps),
+                       lambda s: s, _networks_only(state))
   number = updates_before(spec, step + 1)  # updates taken so far, this one included.
   sync = learn & (number % spec.target_update_period == 0)
-  state = jax.lax.cond(sync, lambda s: s.replace(target_params=s.params), lambda s: s, state)
+  small = jax.lax.cond(sync, lambda s: s.replace(target_params=s.params), lambda s: s, small)
   if spec.resets and spec.reset_every_updates:
     due = learn & (number % spec.reset_every_updates == 0)
-    state = jax.lax.cond(due, lambda s: _reset(spec, hp, s, number), lambda s: s, state)
-  return state, None
+    small = jax.lax.cond(due, lambda s: _reset(spec, hp, s, number), lambda s: s, small)
+  return _with_bulk(small, state), None
+
+
+def _networks_only(state: RLState) -> RLState:
+  """`state` without its bulk (replay, environments): what updates and resets change."""
+  return state.replace(buffer=None, env_state=None, obs=None)
+
+
+def _with_bulk(small: RLState, state: RLState) -> RLState:
+  return small.replace(buffer=state.buffer, env_state=state.env_state, obs=state.obs)
+
+
+def _stored(obs: jax.Array) -> jax.Array:
+  """Observations as replay stores them: uint8 (MinAtar's are 0/1, Atari's 0..255),
+  a quarter of float32's memory; `_observations` reads them back exactly."""
+  return obs.astype(jnp.uint8)
+
+
+def _observations(stored: jax.Array) -> jax.Array:
+  return stored.astype(jnp.float32)
 
 
 def _probe(spec: RLSpec, hp: RLHParams, state: RLState, window) -> dict:
@@ -346,7 +379,9 @@ def _probe(spec: RLSpec, hp: RLHParams, state: RLState, window) -> dict:
   q = spec.agent.q_values(forward.logits.astype(jnp.float32))
   key = _stream(state.rng, _SHARPNESS_STREAM, window)
   batch = replay.sample(state.buffer, jax.random.fold_in(key, 0), spec.probe_batch_size)
-  loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state, train=False)
+  batch = batch._replace(obs=_observations(batch.obs), next_obs=_observations(batch.next_obs))
+  loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state, train=False,
+                       reverse_only=False)
   _, (td, _) = loss_fn(state.params, batch)
   every = spec.probe_settings.sharpness_every
   nan = jnp.float32(jnp.nan)

@@ -8,6 +8,7 @@ panel whose column was not measured (all NaN) is left out.
 from __future__ import annotations
 
 from typing import Sequence
+import warnings
 
 import matplotlib
 
@@ -31,7 +32,8 @@ def _curve(ax, rows, condition: str, key: str) -> bool:
   steps, values = results.curves(rows, condition, key)
   if not values.size or not np.isfinite(values).any():
     return False
-  with np.errstate(all="ignore"):
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # windows where no seed finished an episode
     mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
   ok = np.isfinite(mean)
   line, = ax.plot(steps[ok], mean[ok], marker="o", markersize=2.5, label=condition)

@@ -1,0 +1,120 @@
+"""The RL entry point end to end on MinAtar: outputs, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import rl_minatar
+from plastix.rl import experiment
+from plastix.rl import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.total_env_steps=240", "--config.eval_every_steps=80", "--config.num_envs=2",
+        "--config.num_seeds=2", "--config.replay.learning_starts=40",
+        "--config.replay.buffer_size=500", "--config.replay.batch_size=8",
+        "--config.td.target_update_period=10", "--config.exploration.eps_decay_steps=100",
+        "--config.probes.batch_size=16", "--config.probes.sharpness_every=2",
+        "--config.probes.hessian_iters=2", "--config.windows_per_chunk=2"]
+
+
+def _run(args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "experiments.rl", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _tiny_config(**overrides):
+  config = rl_minatar.get_config()
+  for arg in TINY:
+    field, value = arg[len("--config."):].split("=")
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value)
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def test_tiny_minatar_run_from_the_command_line(tmp_path):
+  workdir = tmp_path / "run"
+  out = _run([f"--workdir={workdir}", "--config.interventions=baseline,layer_norm+weight_decay",
+              *TINY])
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ("config.json", "run_info.json", "metrics.csv", "summary.json", "returns.png",
+               "probes.png"):
+    assert (workdir / name).exists(), name
+  with open(workdir / "metrics.csv") as f:
+    rows = list(csv.DictReader(f))
+  # 2 interventions x 2 seeds x 3 windows.
+  assert len(rows) == 12
+  for column in ("intervention", "seed", "env_steps", "episode_return", "num_episodes", "loss",
+                 "td_error", "q_mean_abs", "dead_fraction", "dormant_fraction", "srank",
+                 "param_norm", "sharpness"):
+    assert column in rows[0], column
+  assert sorted({int(r["env_steps"]) for r in rows}) == [80, 160, 240]
+  # Sharpness every 2nd window only.
+  sharp = {int(r["env_steps"]): r["sharpness"] for r in rows if r["seed"] == "0"}
+  assert sharp[80] == "nan" and sharp[160] != "nan"
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert set(summary) == {"baseline", "layer_norm+weight_decay"}
+  for key in ("final_return", "final_return_std", "auc_return", "num_seeds", "num_diverged"):
+    assert key in summary["baseline"], key
+  assert summary["baseline"]["num_seeds"] == 2
+  assert "final_return" in out.stdout
+
+
+def _stop_after_first_chunk(line):
+  if "env steps" in line and "/240" in line:
+    raise KeyboardInterrupt
+
+
+def test_resume_after_a_kill_gives_the_same_results(tmp_path):
+  config = _tiny_config(interventions="baseline", windows_per_chunk=1)
+  prepared = experiment.prepare(config)
+  whole = experiment.run(prepared, str(tmp_path / "whole"), progress=lambda line: None)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.run(prepared, str(tmp_path / "cut"), progress=_stop_after_first_chunk)
+  lines = []
+  resumed = experiment.run(prepared, str(tmp_path / "cut"), progress=lines.append)
+  assert any("resumed from checkpoint after 80 env steps" in line for line in lines)
+  assert whole == resumed
+  read = lambda p: list(csv.DictReader(open(p)))
+  a, b = read(tmp_path / "whole" / "metrics.csv"), read(tmp_path / "cut" / "metrics.csv")
+  assert a == b
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.agent=ppo", "agent:"),
+    ("--config.env_name=pong_minatar", "env_name:"),
+    ("--config.eval_every_steps=81", "eval_every_steps:"),
+    ("--config.interventions=baseline,two_hot", "interventions:"),
+    ("--config.grid=shift_params.eps=0.1,1", "grid:"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, override, field):
+  out = _run([f"--workdir={tmp_path / 'bad'}", *TINY, override], timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
+  assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_summary_numbers_by_hand():
+  def row(seed, steps, ret, diverged=-1):
+    return {"intervention": "baseline", "seed": seed, "env_steps": steps,
+            "episode_return": ret, "diverged_step": diverged}
+  rows = [row(0, 10, 1.0), row(0, 20, 3.0), row(1, 10, float("nan")), row(1, 20, 5.0),
+          row(2, 10, 9.0, diverged=4), row(2, 20, 9.0, diverged=4)]
+  s = results.summarize(rows, ["baseline"])["baseline"]
+  # Seed 2 diverged: left out. Final: mean(3, 5) = 4; AUC: mean(mean(1, 3), mean(5)) = 3.5.
+  assert s["final_return"] == 4.0 and s["final_return_std"] == 1.0
+  assert s["auc_return"] == 3.5 and s["auc_return_std"] == 1.5
+  assert s["num_seeds"] == 3 and s["num_diverged"] == 1
+  np.testing.assert_equal(results.curves(rows, "baseline", "episode_return")[0], [10, 20])
