@@ -23,7 +23,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 
 from experiments import cli
 
@@ -37,20 +36,22 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}")
   config = _CONFIG.value
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("jax").setLevel(logging.WARNING)
+  cli.default_verbosity()  # absl's --verbosity, WARNING unless given (as experiments.synthetic)
   from plastix import experiment as base  # pylint: disable=g-import-not-at-top
+  from plastix import joblog  # pylint: disable=g-import-not-at-top
   from plastix.rl import experiment, results  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  try:
-    prepared = experiment.prepare(config)
-    workdir = _WORKDIR.value or base.default_workdir(config)
-    summary = experiment.run(prepared, workdir)
-  except experiment.UsageError as e:
-    cli.fail(str(e))
-  print(f"\n{results.format_table(summary)}\n")
-  print(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}", flush=True)
-
+  with joblog.JobLog() as log:
+    try:
+      base.check_local_workdir(_WORKDIR.value)
+      prepared = experiment.prepare(config)
+      workdir = _WORKDIR.value or base.default_workdir(config)
+      summary = experiment.run(prepared, workdir, log=log)
+    except experiment.UsageError as e:
+      log.record(logging.ERROR, f"error: {e}")
+      cli.fail(str(e))
+    log.say(f"\n{results.format_table(summary)}\n")
+    log.say(f"done in {time.perf_counter() - start:.0f}s; results in {workdir}")
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)

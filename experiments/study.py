@@ -49,7 +49,10 @@ _CELL = flags.DEFINE_integer("cell", None, "Run only this cell (0-based, in the 
                              "the cells' names); default: every cell, or the Slurm array "
                              "task's index.")
 ARRAY_INDEX = "SLURM_ARRAY_TASK_ID"
-_TASK_LINE = re.compile(r"^\[(?P<name>[^\]]+)\] task (?P<done>\d+)/(?P<total>\d+)")
+# A progress line of a supervised cell ("[name] task 3/10") or an RL cell
+# ("[name 1/4] env steps 2000/10000").
+_TASK_LINE = re.compile(r"^\[(?P<name>[^\]\s]+)(?: \d+/\d+)?\] (?:task|env steps) "
+                        r"(?P<done>\d+)/(?P<total>\d+)")
 
 
 def _duration(seconds: float) -> str:
@@ -63,7 +66,7 @@ def _duration(seconds: float) -> str:
 
 def _check_cells(config):
   """The cells and their checked experiment configs; exits 2 on bad input."""
-  from plastix import experiment, study  # pylint: disable=g-import-not-at-top
+  from plastix import study  # pylint: disable=g-import-not-at-top
   try:
     cells = study.cells(config)
   except study.StudyError as e:
@@ -71,6 +74,7 @@ def _check_cells(config):
   configs = []
   for cell in cells:
     cell_config = study.cell_config(config, cell)
+    experiment = study.experiment_module(cell_config)
     try:
       experiment.prepare(cell_config)
     except experiment.UsageError as e:
@@ -113,11 +117,12 @@ def _write_record(workdir, config, cells, updates=None, wall_time=None):
 
 def _run_one(config, cells, configs, index: int, workdir: str, log) -> None:
   """Cell `index` in this process, into its folder (its log.txt there)."""
-  from plastix import experiment  # pylint: disable=g-import-not-at-top
+  from plastix import study  # pylint: disable=g-import-not-at-top
   if not 0 <= index < len(cells):
     cli.fail(f"--cell: {index} is not a cell of this study (0 to {len(cells) - 1}: "
              f"{', '.join(c.name for c in cells)})")
   cell, cell_config = cells[index], configs[index]
+  experiment = study.experiment_module(cell_config)
   cell_dir = os.path.join(workdir, cell.dir)
   start = time.perf_counter()
   try:

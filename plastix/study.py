@@ -147,10 +147,30 @@ def cell_config(config: ml_collections.ConfigDict, cell: Cell) -> ml_collections
   return out
 
 
+def is_rl(config: ml_collections.ConfigDict) -> bool:
+  """Whether a cell's config is an RL agent's (``configs/rl_minatar.py``)."""
+  return "agent" in config
+
+
+def experiment_module(config: ml_collections.ConfigDict):
+  """The library that runs a cell: `plastix.rl.experiment` for an RL config,
+  `plastix.experiment` otherwise (each has `prepare`, `run` and `UsageError`)."""
+  if is_rl(config):
+    from plastix.rl import experiment  # pylint: disable=g-import-not-at-top
+  else:
+    from plastix import experiment  # pylint: disable=g-import-not-at-top
+  return experiment
+
+
 def units(config: ml_collections.ConfigDict) -> int:
-  """A cell's work for progress: interventions x runs (seeds x grid points) x tasks x steps."""
-  runs = config.num_seeds * len(grid_lib.points(config.grid))
+  """A cell's work for progress: interventions x runs (seeds x grid points) x tasks x steps
+  (x environment steps for an RL cell)."""
   names = interventions_lib.parse_list(config.interventions)
+  if is_rl(config):
+    from plastix.rl import from_config as rl_config  # pylint: disable=g-import-not-at-top
+    runs = config.num_seeds * len(grid_lib.points(config.grid, rl_config.GRID_FIELDS))
+    return len(names) * runs * config.total_env_steps
+  runs = config.num_seeds * len(grid_lib.points(config.grid))
   return len(names) * runs * config.num_tasks * config.steps_per_task
 
 

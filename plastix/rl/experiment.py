@@ -136,15 +136,22 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
 
 
 def run(prepared: Prepared, workdir: str,
-        progress: Callable[[str], None] | None = None) -> dict:
-  """Trains every intervention of ``prepared.config`` into `workdir` (module docstring)."""
+        progress: Callable[[str], None] | None = None, log=None) -> dict:
+  """Trains every intervention of ``prepared.config`` into `workdir` (module docstring).
+
+  `progress` is called with each progress line (default: ``log.say``, or
+  print); `log`, a `plastix.joblog.JobLog`, is attached to ``<workdir>/log.txt``.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  from plastix import joblog  # pylint: disable=g-import-not-at-top
   from plastix.rl import plotting, results  # pylint: disable=g-import-not-at-top
   config, names = prepared
-  say = progress or (lambda line: print(line, flush=True))
+  say = progress or (log.say if log else (lambda line: print(line, flush=True)))
   config_dict = json.loads(json.dumps(config.to_dict()))
   resuming = is_resumable(workdir, config_dict)
   base._prepare_workdir(workdir)  # pylint: disable=protected-access
+  if log is not None:
+    log.attach(os.path.join(workdir, joblog.LOG_FILE))
   layout = {"processes": jax.process_count(), "run_devices": 1}
   if not resuming:
     base_results.write_json(os.path.join(workdir, "config.json"), config_dict)

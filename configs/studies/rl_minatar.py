@@ -1,0 +1,65 @@
+r"""Plasticity in reinforcement learning: DQN on MinAtar games and on a sequence of games.
+
+The paper's RL evidence (C51 and Rainbow on Atari with and without LayerNorm)
+says that normalisation, with weight decay, keeps a value-based agent
+learning as its own data drifts. This study runs DQN with the baseline,
+LayerNorm, weight decay and both, on two MinAtar games and on a sequence that
+switches from one to the other halfway through (the agent keeps its network,
+replay and optimizer across the switch).
+
+  python -m experiments.study --config=configs/studies/rl_minatar.py:cpu --workdir=DIR
+
+``cpu`` is sized for a 2-core CPU (about an hour): 60k environment steps per seed,: far shorter than the
+millions of frames of published MinAtar agents, so it shows early learning and
+the probes' trends, not final scores. ``paper`` is MinAtar's usual budget
+(5M environment steps per game) for an accelerator.
+"""
+
+import ml_collections
+
+from configs import rl_minatar
+from configs.studies import common
+
+INTERVENTIONS = "baseline,layer_norm,weight_decay,layer_norm+weight_decay"
+
+
+def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
+  if scale not in common.SCALES:
+    raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(common.SCALES)}")
+  config = rl_minatar.get_config()
+  config.name = "rl_minatar"
+  config.interventions = INTERVENTIONS
+  config.study = ml_collections.ConfigDict()
+  config.study.name = "rl_minatar"
+  config.study.scale = scale
+  config.study.title = "DQN on MinAtar: LayerNorm and weight decay"
+  config.study.description = (
+      "DQN (double, Huber, target network, replay) on MinAtar Breakout and SpaceInvaders and "
+      "on the sequence Breakout then SpaceInvaders (one switch, halfway), with the baseline, "
+      "LayerNorm, weight decay and both. The paper: LayerNorm (with weight decay) keeps "
+      "value-based agents learning under the drift of their own data.")
+  config.study.sweeps = ""
+  config.study.cells = ml_collections.ConfigDict()
+  cells = config.study.cells
+  cells.a_breakout = "env_name=breakout"
+  cells.b_space_invaders = "env_name=space_invaders"
+  cells.c_sequence = "env_name=breakout+space_invaders"
+  config.num_seeds = 3
+  config.probes.sharpness_every = 5
+  if scale == "cpu":
+    config.total_env_steps = 60_000
+    config.num_envs = 8
+    config.eval_every_steps = 6_000
+    config.windows_per_chunk = 5
+    config.replay.learning_starts = 5_000
+    config.exploration.eps_decay_steps = 30_000
+    config.td.target_update_period = 500
+  else:
+    config.total_env_steps = 5_000_000
+    config.num_envs = 1
+    config.eval_every_steps = 100_000
+    config.windows_per_chunk = 10
+    config.replay.learning_starts = 5_000
+    config.exploration.eps_decay_steps = 100_000
+    config.td.target_update_period = 1_000
+  return config
