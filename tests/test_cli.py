@@ -117,7 +117,6 @@ def test_grid_run_writes_a_condition_per_point(tmp_path):
     (["--config.grid=optimizer.learning_rate=1e-3,-1"], "config.grid"),
     (["--config.parallel_runs=2"], "config.parallel_runs"),  # 3 seeds: must divide 3
     (["--config.cpu_devices=-1"], "config.cpu_devices"),
-    (["--config.cpu_devices=2"], "config.cpu_devices"),  # 3 seeds do not split over 2
     (["--config.cpu_devices=3", "--config.shard_seeds=False"], "config.cpu_devices"),
     (["--config.distributed.enabled=True", "--config.shard_seeds=False"], "config.shard_seeds"),
     (["--config.no_such_field=1"], "no_such_field"),
