@@ -3,12 +3,17 @@ r"""Study report: report.md and its figures, from study workdirs alone.
   python -m experiments.report --workdir=DIR [--workdir=DIR2 ...] [--out=FOLDER]
 
 Each DIR is a study workdir (``study.json`` and ``cells/<cell>/``, as
-``experiments.study`` writes it) or a plain ``experiments.synthetic`` workdir.
-Writes ``report.md`` and its PNG figures into ``--out`` (default: the first
-DIR), one section per study: learning curves per cell, dose-response curves
-per swept field, an intervention x architecture heatmap, mechanism scatter
-plots and the mechanism table (see `plastix.report`). Cells not finished yet
-are listed as missing. Reads the files only (no JAX), so it takes seconds.
+``experiments.study`` writes it) or a plain ``experiments.synthetic`` or
+``experiments.rl`` workdir. Writes ``report.md`` and its PNG figures into
+``--out`` (default: the first DIR), one section per study: for supervised
+cells, learning curves per cell, dose-response curves per swept field, an
+intervention x architecture heatmap, mechanism scatter plots and the mechanism
+table; for RL cells (a config with an ``agent``), per cell a table of final
+and AUC returns with the diverged seeds, episode return and probes against
+environment steps, and the RL mechanism table (AUC return and each probe over
+the run's last third, against the baseline); see `plastix.report`. A study may
+mix both. Cells not finished yet are listed as missing. Reads the files only,
+so it takes seconds (no JAX).
 
 Bad input (a workdir that does not exist or holds neither study.json nor
 metrics.csv, an unreadable file, an unwritable ``--out``) prints one line

@@ -31,6 +31,23 @@ The mechanism table compares each condition's indicator means with the
 baseline of the same cell and grid point, and marks a change as moved when it
 is larger than the seeds' spread (`moved`, `MOVED_RULE`).
 
+An *RL cell* (`RLCell`: its config.json has an ``agent``, or its metrics.csv
+has ``episode_return`` and no ``task``; a workdir of ``experiments.rl``) has a
+metrics.csv row per (condition, seed, evaluation window). Its seeds are
+healthy when ``diverged_step < 0`` in every window (`rl_diverged`, as
+`plastix.rl.results.summarize`); with R_s(w) seed s's mean episode return in
+window w (NaN: no episode finished) and W windows:
+
+* final return of seed s: ``R_s(W-1)``;
+* AUC return of seed s: ``mean_w R_s(w)`` over the windows where it is finite
+  (summary.json's ``final_return`` and ``auc_return`` are the means over
+  healthy seeds of these two);
+* a probe of seed s (`tail_mean`): its mean over the last ``ceil(W / 3)``
+  windows (the run's last third), over the windows where it was measured.
+
+The RL mechanism table compares AUC return and each probe that ran with the
+baseline of the same cell and grid point by the same rule (`moved`).
+
 Nothing here imports the engine: the report needs numpy, matplotlib and the
 files.
 """
@@ -56,6 +73,8 @@ import numpy as np
 from plastix import grid as grid_lib
 from plastix import plotting
 from plastix import results
+from plastix.rl import plotting as rl_plotting
+from plastix.rl import results as rl_results
 
 STUDY_FILE = "study.json"
 REPORT_FILE = "report.md"
@@ -75,6 +94,21 @@ MOVED_RULE = ("moved: |mean(intervention) − mean(baseline)| > "
               "max(std(intervention), std(baseline)), std over seeds (ddof 0)")
 MIN_SEEDS_TO_MOVE = 2
 REQUIRED_COLUMNS = ("intervention", "seed", "task")
+RL_REQUIRED_COLUMNS = ("intervention", "seed", "env_steps", "episode_return")
+# The probes the RL mechanism table compares, in its column order: column ->
+# how the report names it.
+RL_PROBES = (
+    ("dead_fraction", "dead units"),
+    ("dormant_fraction", "dormant units"),
+    ("effective_rank", "feature rank"),
+    ("srank", "feature srank"),
+    ("param_norm", "parameter norm"),
+    ("q_mean_abs", "|Q|"),
+    ("td_error", "|TD error|"),
+    ("sharpness", "sharpness"),
+)
+# A probe's value per seed is its mean over the last ceil(W / TAIL_PARTS) windows.
+TAIL_PARTS = 3
 
 
 class ReportError(ValueError):
@@ -152,6 +186,45 @@ class Cell:
     return 1.0 / num_classes(str(self.config.get("dataset", "")))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RLCell:
+  """One finished RL cell: its metrics.csv rows (one per condition, seed and
+  evaluation window; NaN where a probe did not run), summary.json and
+  config.json."""
+  name: str
+  path: str
+  architecture: str
+  overrides: Mapping[str, object]
+  config: Mapping[str, object]
+  rows: Sequence[dict]
+  summary: Mapping[str, object]
+  wall_time_s: float | None = None
+
+  @property
+  def agent(self) -> str:
+    return str(self.config.get("agent", ""))
+
+  @property
+  def games(self) -> list[str]:
+    """The games of ``env_name`` (several, ``+``-joined, for a sequence)."""
+    return [g for g in str(self.config.get("env_name", "")).split("+") if g]
+
+  @property
+  def conditions(self) -> list[str]:
+    """Its conditions in summary.json's order (it maps each to its numbers),
+    else in metrics.csv's; only those with rows."""
+    listed = [k for k, v in self.summary.items() if isinstance(v, Mapping)]
+    return [c for c in listed if c in self.by_condition] or list(self.by_condition)
+
+  @functools.cached_property
+  def by_condition(self) -> dict[str, list[dict]]:
+    """Its rows grouped by condition (`results.condition`), in file order."""
+    groups: dict[str, list[dict]] = {}
+    for row in self.rows:
+      groups.setdefault(results.condition(row), []).append(row)
+    return groups
+
+
 @dataclasses.dataclass(frozen=True)
 class MissingCell:
   """A cell the study lists whose results are not (yet) there."""
@@ -173,6 +246,7 @@ class Study:
   wall_time_s: float | None
   cells: tuple[Cell, ...]
   missing: tuple[MissingCell, ...]
+  rl_cells: tuple[RLCell, ...] = ()
 
 
 def _read_json(path: str) -> dict:
@@ -186,15 +260,20 @@ def _read_json(path: str) -> dict:
   return out
 
 
-def read_rows(path: str) -> list[dict]:
-  """metrics.csv as `results.read_csv` reads it, empty values as NaN."""
+def _require_columns(path: str, rows: Sequence[dict], required: Sequence[str]) -> None:
+  missing = [k for k in required if rows and k not in rows[0]]
+  if missing:
+    raise ReportError(f"{path!r} has no column {', '.join(missing)}")
+
+
+def read_rows(path: str, required: Sequence[str] = REQUIRED_COLUMNS) -> list[dict]:
+  """metrics.csv as `results.read_csv` reads it, empty values as NaN; raises
+  `ReportError` when it lacks a `required` column."""
   try:
     rows = results.read_csv(path)
   except (OSError, ValueError, csv.Error) as e:
     raise ReportError(f"{path!r} cannot be read ({e})") from None
-  missing = [k for k in REQUIRED_COLUMNS if rows and k not in rows[0]]
-  if missing:
-    raise ReportError(f"{path!r} has no column {', '.join(missing)}")
+  _require_columns(path, rows, required)
   keep = ("intervention", "hparams")
   return [{k: (math.nan if v == "" and k not in keep else v) for k, v in r.items()}
           for r in rows]
@@ -205,8 +284,16 @@ def _architecture(config: Mapping) -> str:
   return str(model.get("name", "")) if isinstance(model, Mapping) else ""
 
 
-def _load_cell(path: str, name: str, entry: Mapping) -> Cell | MissingCell:
-  """The cell in folder `path`, or why it is missing."""
+def is_rl(config: Mapping, rows: Sequence[dict]) -> bool:
+  """Whether a cell is an RL cell: its config has an ``agent``, or (without a
+  config) its metrics.csv has ``episode_return`` and no ``task``."""
+  if "agent" in config:
+    return True
+  return bool(rows) and "episode_return" in rows[0] and "task" not in rows[0]
+
+
+def _load_cell(path: str, name: str, entry: Mapping) -> Cell | RLCell | MissingCell:
+  """The cell in folder `path` (an `RLCell` when `is_rl`), or why it is missing."""
   if not os.path.isdir(path):
     return MissingCell(name, "no folder yet")
   for needed in ("summary.json", "metrics.csv"):
@@ -214,10 +301,14 @@ def _load_cell(path: str, name: str, entry: Mapping) -> Cell | MissingCell:
       return MissingCell(name, f"not finished: no {needed} yet")
   config_path = os.path.join(path, "config.json")
   config = _read_json(config_path) if os.path.isfile(config_path) else {}
-  return Cell(name=name, path=path,
+  metrics_path = os.path.join(path, "metrics.csv")
+  rows = read_rows(metrics_path, required=())
+  kind = RLCell if is_rl(config, rows) else Cell
+  _require_columns(metrics_path, rows,
+                   RL_REQUIRED_COLUMNS if kind is RLCell else REQUIRED_COLUMNS)
+  return kind(name=name, path=path,
               architecture=str(entry.get("architecture") or _architecture(config)),
-              overrides=dict(entry.get("overrides") or {}), config=config,
-              rows=read_rows(os.path.join(path, "metrics.csv")),
+              overrides=dict(entry.get("overrides") or {}), config=config, rows=rows,
               summary=_read_json(os.path.join(path, "summary.json")),
               wall_time_s=entry.get("wall_time_s"))
 
@@ -246,7 +337,8 @@ def load_study(path: str) -> Study:
                  sweeps=tuple(record.get("sweeps") or ()),
                  wall_time_s=record.get("wall_time_s"),
                  cells=tuple(c for c in loaded if isinstance(c, Cell)),
-                 missing=tuple(c for c in loaded if isinstance(c, MissingCell)))
+                 missing=tuple(c for c in loaded if isinstance(c, MissingCell)),
+                 rl_cells=tuple(c for c in loaded if isinstance(c, RLCell)))
   if os.path.isfile(os.path.join(path, "metrics.csv")):
     config_path = os.path.join(path, "config.json")
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
@@ -259,7 +351,8 @@ def load_study(path: str) -> Study:
                  command=" ".join(argv) if isinstance(argv, list) else None,
                  description="", sweeps=(), wall_time_s=None,
                  cells=(cell,) if isinstance(cell, Cell) else (),
-                 missing=(cell,) if isinstance(cell, MissingCell) else ())
+                 missing=(cell,) if isinstance(cell, MissingCell) else (),
+                 rl_cells=(cell,) if isinstance(cell, RLCell) else ())
   raise ReportError(f"workdir {path!r} holds neither {STUDY_FILE} nor metrics.csv")
 
 
@@ -545,6 +638,230 @@ def format_mechanism_table(table: MechanismTable) -> str:
           cells.append("")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# RL cells: per-seed returns and probes, and their mechanism table.
+
+
+def tail_windows(num_windows: int) -> int:
+  """How many of `num_windows` windows make the run's last third:
+  ``ceil(W / TAIL_PARTS)`` (at least one window of a run that has any)."""
+  return -(-num_windows // TAIL_PARTS)
+
+
+def tail_mean(curves: np.ndarray) -> np.ndarray:
+  """Per seed, the mean of ``[seeds, W]`` `curves` over its last
+  `tail_windows` (W) windows, over the windows where it is finite (a probe
+  measured every few windows); NaN for a seed with none there."""
+  curves = np.asarray(curves, float)
+  tail = curves[:, curves.shape[1] - tail_windows(curves.shape[1]):]
+  out = np.full(curves.shape[0], np.nan)
+  for s, values in enumerate(tail):
+    values = values[np.isfinite(values)]
+    if values.size:
+      out[s] = values.mean()
+  return out
+
+
+def return_auc(returns: np.ndarray) -> np.ndarray:
+  """Per seed, the mean of ``[seeds, W]`` episode `returns` over the windows
+  where it is finite (windows where no episode finished are NaN): the AUC
+  return ``(1 / W') sum_w R_s(w)``; NaN for a seed with none."""
+  returns = np.asarray(returns, float)
+  out = np.full(returns.shape[0], np.nan)
+  for s, values in enumerate(returns):
+    values = values[np.isfinite(values)]
+    if values.size:
+      out[s] = values.mean()
+  return out
+
+
+def rl_diverged(rows: Sequence[dict], name: str) -> np.ndarray:
+  """Per seed of condition `name` (sorted by seed, as `rl_results.curves`),
+  whether it diverged: ``diverged_step >= 0`` in some window (the
+  ``diverged`` flag where there is no ``diverged_step``; none without either)."""
+  columns = rows[0] if rows else {}
+  for key in ("diverged_step", "diverged"):
+    if key in columns:
+      _, flags = rl_results.curves(rows, name, key)
+      with np.errstate(invalid="ignore"):
+        return ((flags >= 0) if key == "diverged_step" else (flags > 0)).any(axis=1)
+  seeds = {r["seed"] for r in rows if results.condition(r) == name}
+  return np.zeros(len(seeds), bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConditionSeeds:
+  """One condition of one RL cell, per seed that never diverged: its final
+  and AUC returns and, per `RL_PROBES` column the cell has, its `tail_mean`."""
+  cell: str
+  condition: str
+  intervention: str
+  grid_label: str
+  num_seeds: int
+  num_diverged: int
+  num_windows: int
+  final_return: np.ndarray
+  auc_return: np.ndarray
+  probes: Mapping[str, np.ndarray]
+
+  @property
+  def all_diverged(self) -> bool:
+    return self.num_seeds > 0 and self.num_diverged == self.num_seeds
+
+
+def rl_condition_seeds(cell: RLCell) -> list[RLConditionSeeds]:
+  """Every condition of RL `cell` (summary.json's order), per healthy seed."""
+  columns = cell.rows[0] if cell.rows else {}
+  out = []
+  for name in cell.conditions:
+    sel = cell.by_condition[name]
+    keep = ~rl_diverged(sel, name)
+    _, returns = rl_results.curves(sel, name, "episode_return")
+    returns = returns[keep]
+    out.append(RLConditionSeeds(
+        cell=cell.name, condition=name, intervention=sel[0]["intervention"],
+        grid_label=sel[0].get("hparams", "") or "", num_seeds=len(keep),
+        num_diverged=int((~keep).sum()), num_windows=returns.shape[1],
+        final_return=returns[:, -1] if returns.shape[1] else np.full(len(returns), np.nan),
+        auc_return=return_auc(returns),
+        probes={k: tail_mean(rl_results.curves(sel, name, k)[1][keep])
+                for k, _ in RL_PROBES if k in columns}))
+  return out
+
+
+def ran_probes(conditions: Iterable[RLConditionSeeds]) -> list[str]:
+  """The `RL_PROBES` with a finite value for some healthy seed (a probe that
+  never ran is NaN everywhere and is left out)."""
+  conditions = list(conditions)
+  return [k for k, _ in RL_PROBES
+          if any(np.isfinite(c.probes.get(k, np.array([]))).any() for c in conditions)]
+
+
+AUC_RETURN = "auc_return"
+
+
+@dataclasses.dataclass(frozen=True)
+class RLTableRow:
+  """One condition's row: its final and AUC returns and, per compared
+  quantity (``"auc_return"``, then each probe that ran), its stats (the
+  baseline's own row) or its `Change` (None without a healthy baseline)."""
+  condition: RLConditionSeeds
+  final_return: Stats
+  auc_return: Stats
+  baseline: str | None
+  changes: Mapping[str, Stats | Change | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RLMechanismTable:
+  """One RL cell's table; `no_baseline` lists the grid labels without a
+  baseline, `diverged_baseline` those whose baseline's seeds all diverged."""
+  cell: str
+  probes: tuple[str, ...]
+  rows: tuple[RLTableRow, ...]
+  no_baseline: tuple[str, ...]
+  diverged_baseline: tuple[str, ...] = ()
+
+  @property
+  def columns(self) -> tuple[str, ...]:
+    """The compared quantities: AUC return, then the probes."""
+    return (AUC_RETURN,) + self.probes
+
+
+def rl_mechanism_table(conditions: Sequence[RLConditionSeeds]) -> RLMechanismTable:
+  """Per condition of one RL cell, its AUC return and each probe that ran
+  compared with the baseline condition of the same grid point (``"baseline"``,
+  or ``"baseline [<grid label>]"``): the change of the mean over healthy seeds
+  and whether it `moved`."""
+  probes = tuple(ran_probes(conditions))
+  columns = (AUC_RETURN,) + probes
+  by_name = {c.condition: c for c in conditions}
+  values = lambda c, k: c.auc_return if k == AUC_RETURN else c.probes[k]
+  stats = {c.condition: {k: seed_stats(values(c, k)) for k in columns} for c in conditions}
+  rows, no_baseline, diverged_baseline = [], [], []
+  for c in conditions:
+    base_name = grid_lib.condition(BASELINE, c.grid_label)
+    base = by_name.get(base_name)
+    if base is None and c.grid_label not in no_baseline:
+      no_baseline.append(c.grid_label)
+    if base is c and c.all_diverged:
+      diverged_baseline.append(c.grid_label)
+    changes = {}
+    for k in columns:
+      mine = stats[c.condition][k]
+      if c is base:
+        changes[k] = mine
+      elif base is None or base.all_diverged or c.all_diverged:
+        changes[k] = None
+      else:
+        ref = stats[base_name][k]
+        changes[k] = Change(mine, mine.mean - ref.mean,
+                            moved(mine.mean, mine.std, ref.mean, ref.std, mine.n, ref.n))
+    rows.append(RLTableRow(condition=c, final_return=seed_stats(c.final_return),
+                           auc_return=stats[c.condition][AUC_RETURN],
+                           baseline=base_name if base is not None else None,
+                           changes=changes))
+  return RLMechanismTable(cell=conditions[0].cell if conditions else "", probes=probes,
+                          rows=tuple(rows), no_baseline=tuple(no_baseline),
+                          diverged_baseline=tuple(diverged_baseline))
+
+
+def _seeds_text(num_seeds: int, num_diverged: int) -> str:
+  return f"{num_seeds}" + (f" ({num_diverged} diverged)" if num_diverged else "")
+
+
+def format_returns_table(table: RLMechanismTable) -> str:
+  """The returns as markdown: per condition, diverged / seeds, final return
+  and AUC return (mean ± std over healthy seeds)."""
+  lines = ["| condition | diverged / seeds | final return | AUC return |", "|---|---|---|---|"]
+  for row in table.rows:
+    c = row.condition
+    returns = (["diverged", "diverged"] if c.all_diverged else
+               [_mean_std(row.final_return), _mean_std(row.auc_return)])
+    lines.append(f"| `{c.condition}` | {c.num_diverged}/{c.num_seeds} | "
+                 + " | ".join(returns) + " |")
+  return "\n".join(lines)
+
+
+def format_rl_mechanism_table(table: RLMechanismTable) -> str:
+  """The RL mechanism table as markdown: one row per condition."""
+  names = dict(RL_PROBES, auc_return="AUC return")
+  header = ["condition", "seeds"] + [f"Δ {names[k]}" for k in table.columns]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in table.rows:
+    c = row.condition
+    cells = [f"`{c.condition}`", _seeds_text(c.num_seeds, c.num_diverged)]
+    if c.all_diverged:
+      cells += ["diverged"] + [""] * (len(header) - 3)
+    else:
+      for k in table.columns:
+        value = row.changes[k]
+        if isinstance(value, Stats):
+          cells.append(f"*{_mean_std(value)}*")
+        elif isinstance(value, Change):
+          cells.append(format_change(value))
+        else:
+          cells.append("")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def game_switches(cell: RLCell) -> list[tuple[float, float, int]]:
+  """Where a sequence of games switches: ``(previous window's env steps,
+  env steps, game)`` for each window whose ``game`` (the game its last step
+  played) differs from the window before, read from the first condition's
+  first seed; empty for one game."""
+  if len(cell.games) < 2 or not cell.rows or "game" not in cell.rows[0]:
+    return []
+  name = cell.conditions[0]
+  steps, games = rl_results.curves(cell.by_condition[name], name, "game")
+  out = []
+  for w in range(1, len(steps)):
+    if np.isfinite(games[0, w]) and games[0, w] != games[0, w - 1]:
+      out.append((float(steps[w - 1]), float(steps[w]), int(games[0, w])))
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -846,6 +1163,31 @@ def plot_mechanism_scatter(study: Study, measure: Measure, path: str) -> list[st
   return [key for key, _, _, _ in panels]
 
 
+def healthy_rl_rows(cell: RLCell) -> list[dict]:
+  """`cell`'s rows less those of its diverged seeds (`rl_diverged`)."""
+  bad = set()
+  for name, sel in cell.by_condition.items():
+    seeds = sorted({r["seed"] for r in sel})
+    bad.update((name, s) for s, d in zip(seeds, rl_diverged(sel, name)) if d)
+  return [r for r in cell.rows if (results.condition(r), r["seed"]) not in bad]
+
+
+def plot_rl_cell(cell: RLCell, returns_path: str, probes_path: str) -> tuple[bool, list[str]]:
+  """Saves the cell's episode return (`rl_plotting.plot_returns`) and its
+  probes (`rl_plotting.plot_probes`, which leaves out probes that never ran)
+  against environment steps over the healthy seeds: per condition the mean
+  and a band of ± 1 std. Returns whether the returns figure was saved (not
+  when every seed diverged) and the probes drawn (none: nothing saved)."""
+  rows = healthy_rl_rows(cell)
+  names = {results.condition(r) for r in rows}
+  conditions = [c for c in cell.conditions if c in names]
+  if not conditions:
+    return False, []
+  title = f"{cell.name}: {cell.agent or 'agent'} on {'+'.join(cell.games) or 'env'}"
+  rl_plotting.plot_returns(rows, conditions, returns_path, title)
+  return True, rl_plotting.plot_probes(rows, conditions, probes_path, title)
+
+
 # --------------------------------------------------------------------------
 # report.md.
 
@@ -867,14 +1209,14 @@ def _overrides_text(overrides: Mapping) -> str:
 
 
 def _header(study: Study) -> list[str]:
-  listed = len(study.cells) + len(study.missing)
+  listed = len(study.cells) + len(study.rl_cells) + len(study.missing)
   lines = [f"# {study.title}", ""]
   facts = [("study", f"`{study.name}`" + (f", scale `{study.scale}`" if study.scale else "")),
            ("workdir", f"`{study.path}`"),
            ("machine", study.machine or "n/a"),
            ("command", f"`{study.command}`" if study.command else "n/a"),
            ("wall time", _duration(study.wall_time_s)),
-           ("cells", f"{len(study.cells)} of {listed} found"
+           ("cells", f"{len(study.cells) + len(study.rl_cells)} of {listed} found"
             + (f"; missing: {', '.join(f'`{m.name}` ({m.reason})' for m in study.missing)}"
                if study.missing else ""))]
   if study.sweeps:
@@ -886,6 +1228,10 @@ def _header(study: Study) -> list[str]:
             "|---|---|---|---|---|---|"]
   for cell in study.cells:
     lines.append(f"| `{cell.name}` | {cell.architecture or '–'} | "
+                 f"{_overrides_text(cell.overrides)} | {len(cell.conditions)} | "
+                 f"{_duration(cell.wall_time_s)} | done |")
+  for cell in study.rl_cells:
+    lines.append(f"| `{cell.name}` | {cell.architecture or '–'} ({cell.agent or 'RL'}) | "
                  f"{_overrides_text(cell.overrides)} | {len(cell.conditions)} | "
                  f"{_duration(cell.wall_time_s)} | done |")
   for m in study.missing:
@@ -998,16 +1344,98 @@ def _table_section(study: Study) -> list[str]:
   return lines
 
 
+def _rl_heading(study: Study, title: str) -> str:
+  """A section heading of the RL cells, said to be theirs in a mixed study."""
+  return f"## {title}" + (": RL cells" if study.cells else "")
+
+
+def _rl_cell_heading(cell: RLCell) -> str:
+  detail = ", ".join(x for x in (cell.agent, cell.architecture, "+".join(cell.games)) if x)
+  return f"### `{cell.name}`" + (f" ({detail})" if detail else "")
+
+
+def _switches_text(cell: RLCell) -> list[str]:
+  switches = game_switches(cell)
+  if not switches:
+    return []
+  games = cell.games
+  said = [f"to `{games[g] if 0 <= g < len(games) else g}` between {a:,.0f} and {b:,.0f}"
+          for a, b, g in switches]
+  return [f"A sequence of games starting with `{games[0]}`; it switches "
+          + "; ".join(said) + " environment steps (per seed).", ""]
+
+
+def _rl_returns_section(study: Study, tables: Sequence[RLMechanismTable], out_dir: str,
+                        prefix: str) -> list[str]:
+  lines = [_rl_heading(study, "Returns"), "",
+           "Per RL cell and condition, over the seeds that never diverged (diverged: "
+           "`diverged_step` set in some window): final return, the mean episode return of "
+           "the last evaluation window, and AUC return, the mean over windows of each "
+           "window's mean episode return (windows where no episode finished left out); "
+           "mean ± std over seeds (ddof 0). Figures: episode return and each probe that ran "
+           "against environment steps per seed, the mean over healthy seeds with a band of "
+           "± 1 std; conditions whose seeds all diverged are left out.", ""]
+  for cell, table in zip(study.rl_cells, tables):
+    lines += [_rl_cell_heading(cell), ""] + _switches_text(cell)
+    lines += [format_returns_table(table), ""]
+    returns = f"{prefix}-{_slug(cell.name)}-returns.png"
+    probes = f"{prefix}-{_slug(cell.name)}-probes.png"
+    drawn, panels = plot_rl_cell(cell, os.path.join(out_dir, returns),
+                                 os.path.join(out_dir, probes))
+    if not drawn:
+      lines += ["Every seed of every condition diverged.", ""]
+      continue
+    lines += _image(f"{cell.name} episode return", returns)
+    if panels:
+      lines += _image(f"{cell.name} probes", probes)
+  return lines
+
+
+def _rl_table_section(study: Study, tables: Sequence[RLMechanismTable]) -> list[str]:
+  lines = [_rl_heading(study, "Mechanism table"), "",
+           "Per RL cell and condition, against the baseline of the same cell and grid point: "
+           "the change of AUC return and of each probe that ran, a probe taken per seed as "
+           f"its mean over the run's last third of evaluation windows (the last ceil(W/"
+           f"{TAIL_PARTS}) of W, over the windows where it was measured), then averaged over "
+           "the seeds that never diverged (the baseline's own row: its mean ± std, in "
+           "italics). Probes that never ran are left out.", "",
+           f"Rule: {MOVED_RULE}; marked **bold with an arrow**. With fewer than "
+           f"{MIN_SEEDS_TO_MOVE} seeds on either side nothing is marked moved.", ""]
+  for cell, table in zip(study.rl_cells, tables):
+    lines += [f"### `{cell.name}`", ""]
+    if table.no_baseline:
+      where = _quoted(table.no_baseline)
+      lines += [f"No baseline condition{f' at {where}' if where else ''} in this cell: "
+                "its changes are left empty.", ""]
+    if table.diverged_baseline:
+      where = _quoted(table.diverged_baseline)
+      lines += [f"Every seed of the baseline{f' at {where}' if where else ''} diverged: "
+                "changes against it are left empty.", ""]
+    lines += [format_rl_mechanism_table(table), ""]
+    few = [r.condition.condition for r in table.rows if not r.condition.all_diverged
+           and r.condition.num_seeds - r.condition.num_diverged < MIN_SEEDS_TO_MOVE]
+    if few:
+      lines += [f"Fewer than {MIN_SEEDS_TO_MOVE} healthy seeds in {_quoted(few)}: "
+                "no change involving it is marked moved.", ""]
+  return lines
+
+
 def _study_section(study: Study, out_dir: str, prefix: str) -> list[str]:
   """report.md's section for one study; saves its figures into `out_dir`,
   their names starting with `prefix`."""
   lines = _header(study) + [""]
-  if not study.cells:
+  if not study.cells and not study.rl_cells:
     return lines + ["No cell has finished yet: nothing to report."]
-  return (lines + _curves_section(study, out_dir, prefix)
-          + _dose_section(study, out_dir, prefix)
-          + _heatmap_section(study, out_dir, prefix)
-          + _scatter_section(study, out_dir, prefix) + _table_section(study))
+  if study.cells:
+    lines += (_curves_section(study, out_dir, prefix)
+              + _dose_section(study, out_dir, prefix)
+              + _heatmap_section(study, out_dir, prefix)
+              + _scatter_section(study, out_dir, prefix) + _table_section(study))
+  if study.rl_cells:
+    tables = [rl_mechanism_table(rl_condition_seeds(cell)) for cell in study.rl_cells]
+    lines += (_rl_returns_section(study, tables, out_dir, prefix)
+              + _rl_table_section(study, tables))
+  return lines
 
 
 def write_report(studies: Sequence[Study], out_dir: str) -> str:
