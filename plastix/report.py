@@ -103,8 +103,8 @@ RL_PROBES = (
     ("effective_rank", "feature rank"),
     ("srank", "feature srank"),
     ("param_norm", "parameter norm"),
-    ("q_mean_abs", "|Q|"),
-    ("td_error", "|TD error|"),
+    ("q_mean_abs", "Q magnitude"),
+    ("td_error", "TD error"),
     ("sharpness", "sharpness"),
 )
 # A probe's value per seed is its mean over the last ceil(W / TAIL_PARTS) windows.
@@ -1398,7 +1398,9 @@ def _rl_table_section(study: Study, tables: Sequence[RLMechanismTable]) -> list[
            f"its mean over the run's last third of evaluation windows (the last ceil(W/"
            f"{TAIL_PARTS}) of W, over the windows where it was measured), then averaged over "
            "the seeds that never diverged (the baseline's own row: its mean ± std, in "
-           "italics). Probes that never ran are left out.", "",
+           "italics). Probes that never ran are left out. Q magnitude: mean |Q(s, a)| over "
+           "the probe states; TD error: mean |TD error| on a fresh replay batch; sharpness: "
+           "the TD loss's top Hessian eigenvalue (measured every few windows).", "",
            f"Rule: {MOVED_RULE}; marked **bold with an arrow**. With fewer than "
            f"{MIN_SEEDS_TO_MOVE} seeds on either side nothing is marked moved.", ""]
   for cell, table in zip(study.rl_cells, tables):

@@ -237,7 +237,7 @@ def test_mechanism_table_numbers_and_marks(rl_study):
 
   text = report.format_rl_mechanism_table(table)
   assert text.splitlines()[0] == ("| condition | seeds | Δ AUC return | Δ dead units | "
-                                  "Δ parameter norm | Δ |Q| | Δ |TD error| | Δ sharpness |")
+                                  "Δ parameter norm | Δ Q magnitude | Δ TD error | Δ sharpness |")
   assert "| `baseline` | 2 | *3.2 ± 0.2* | *0.4 ± 0.1* | *10.2 ± 0.25* |" in text
   assert "| `layer_norm` | 2 | **+1.3 ↑** | **-0.35 ↓** | **+10 ↑** | +0 | +0 | **-8 ↓** |" \
       in text
@@ -245,6 +245,7 @@ def test_mechanism_table_numbers_and_marks(rl_study):
   assert "| `l2` | 2 (2 diverged) | diverged |  |  |  |  |  |" in text
   for absent in ("dormant", "srank", "feature rank"):
     assert absent not in text
+  assert {line.count("|") for line in text.splitlines()} == {len(table.columns) + 3}
 
   returns = report.format_returns_table(table)
   assert returns.splitlines()[0] == "| condition | diverged / seeds | final return | AUC return |"
@@ -252,6 +253,7 @@ def test_mechanism_table_numbers_and_marks(rl_study):
   assert "| `layer_norm` | 0/2 | 9.5 ± 0.5 | 4.5 ± 0.5 |" in returns
   assert "| `weight_decay` | 1/3 | 6 ± 0 | 3.3 ± 0.1 |" in returns
   assert "| `l2` | 2/2 | diverged | diverged |" in returns
+  assert {line.count("|") for line in returns.splitlines()} == {5}
 
 
 def _seeds(condition, auc, grid_label="", num_diverged=0):
