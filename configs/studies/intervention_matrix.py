@@ -49,11 +49,13 @@ def get_config(scale: str = "cpu"):
     cells.a_mlp = "model.name=mlp"
     cells.b_cnn = "model.name=cnn;model.cnn_channels=(8, 16);model.depth=1"
     # A ResNet-18's four stages of basic blocks, one block each, 4-8-16-32
-    # channels, on half the minibatch and probe batch: its convolutions cost a
-    # 2-core CPU most of a second a step at width 8.
+    # channels, on half the minibatch and a quarter of the probe batch (the NTK's
+    # 64 examples), its two seeds one after the other (parallel_runs=1: XLA's CPU
+    # convolutions run several times slower vmapped over seeds).
     cells.c_resnet18 = ("model.name=resnet18;model.resnet_width=4;"
                         "model.resnet_stage_sizes=(1, 1, 1, 1);batch_size=32;"
-                        f"probes.batch_size=128;interventions={no_redo}")
+                        "probes.batch_size=64;parallel_runs=1;"
+                        f"interventions={no_redo}")
     cells.d_vit = ("model.name=vit_tiny;model.vit_patch_size=7;model.vit_dim=32;"
                    f"model.vit_depth=2;model.vit_heads=2;model.vit_mlp_dim=64;"
                    f"interventions={vit}")
