@@ -51,16 +51,13 @@ PRESAMPLE_LIMIT = 1 << 20
 
 
 def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
-  """Adam or SGD with decoupled decay; l2_init before it, normalize_and_project after."""
-  opt = optim.make_optimizer(
-      spec.optimizer, hp.learning_rate, hp.weight_decay, b1=hp.b1, b2=hp.b2,
-      eps=hp.eps, weight_decay_mask=spec.weight_decay_mask)
-  mask = optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask]
-  if spec.l2_init:
-    opt = optax.chain(optim.l2_init(hp.l2_init, mask=mask), opt)
-  if spec.normalize_and_project:
-    opt = optax.chain(opt, optim.normalize_and_project(mask=optim.kernel_mask))
-  return opt
+  """Adam or SGD with decoupled decay; l2_init before it, normalize_and_project after
+  (`optim.training_optimizer`, which every learner trains with)."""
+  return optim.training_optimizer(
+      spec.optimizer, hp.learning_rate, hp.weight_decay, b1=hp.b1, b2=hp.b2, eps=hp.eps,
+      weight_decay_mask=spec.weight_decay_mask,
+      l2_init_strength=hp.l2_init if spec.l2_init else None,
+      normalize_and_project_kernels=spec.normalize_and_project)
 
 
 def _shift(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.Shift:
@@ -456,58 +453,32 @@ def _run_axes(hp: HParams):
 def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
   """Applies ``spec.resets`` in order after every ``reset_period``-th task.
 
-  * ``redo``: `resets.redo` at ``redo_tau`` on the probe batch's activations
-    (and `resets.reset_norm_statistics`); Adam moments of the changed entries
-    zeroed, counts kept.
-  * ``shrink_and_perturb``: ``p <- shrink p + perturb p_fresh``; optimizer
-    state kept.
-  * ``head_reset``: the head re-initialised, its moments zeroed, counts kept.
-  * ``full_reset``: a fresh network and optimizer state (counts 0).
-
-  The contextual bandit's target network follows the resets that
-  re-initialise whole layers: ``head_reset`` gives it the same fresh head and
-  ``full_reset`` makes it the fresh network, as a fresh agent's target is its
-  own initialisation (so a reset agent does not bootstrap from the layers it
-  discarded). ReDo and shrink-and-perturb, which change part of the network,
-  leave it to its next sync.
+  Each reset is a hook of `plastix.resets.HOOKS`, the same ones the RL loop
+  runs every N updates (see there for what each does to the parameters,
+  optimizer state, normalisation statistics and a target network): ReDo
+  scores the units on the probe batch at ``redo_tau``; shrink-and-perturb
+  uses ``shrink`` and ``perturb``; the fresh layers come from the seed's reset
+  stream at this task. The contextual bandit's target network follows the
+  resets that re-initialise whole layers (``head_reset``, ``full_reset``).
 
   A diverged seed is left alone. Returns ``(state, units reset by ReDo or -1)``.
   """
   if not spec.resets:
     return state, jnp.full([], -1, jnp.int32)
-  opt = _optimizer(spec, hp)
   fresh_params, fresh_model_state = _fresh_network(
       spec, _stream(state.rng, _RESET_STREAM, state.task_index))
-  params, opt_state, model_state = state.params, state.opt_state, state.model_state
-  target = state.target_params  # None unless the objective is the bandit's.
-  num_reset = jnp.zeros([], jnp.int32)
-  for name in spec.resets:
-    if name == "redo":
-      layers = models.redo_layers(spec.model)
-      acts = _probe_outputs(spec, params, model_state, state.task, data).activations
-      params, opt_state, info = resets.redo(opt, params, opt_state, acts, fresh_params,
-                                            layers, spec.redo_tau)
-      model_state = resets.reset_norm_statistics(model_state, fresh_model_state, layers,
-                                                 info.unit_masks)
-      num_reset = num_reset + info.num_reset
-    elif name == "shrink_and_perturb":
-      params = resets.shrink_and_perturb(params, fresh_params, spec.shrink, spec.perturb)
-    elif name == "head_reset":
-      params, opt_state = resets.reset_head(opt, params, opt_state, fresh_params)
-      if target is not None:
-        target, _ = resets.reset_head(None, target, None, fresh_params)
-    elif name == "full_reset":
-      params, opt_state = resets.full_reset(fresh_params, opt)
-      model_state = fresh_model_state
-      target = None if target is None else fresh_params
-    else:
-      raise ValueError(f"unknown reset {name!r}; choose from {', '.join(resets.METHODS)}")
+  activations = lambda params, model_state: _probe_outputs(
+      spec, params, model_state, state.task, data).activations
+  layers = models.redo_layers(spec.model) if "redo" in spec.resets else None
+  ctx = resets.ResetContext(_optimizer(spec, hp), fresh_params, fresh_model_state, layers,
+                            activations, spec.redo_tau, spec.shrink, spec.perturb)
+  nets = resets.Networks(state.params, state.opt_state, state.model_state, state.target_params)
+  new, num_reset = resets.apply_named(spec.resets, nets, ctx)
   due = ((state.task_index + 1) % spec.reset_period == 0) & ~state.diverged
-  pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(due, n, o), new, old)
-  state = state.replace(params=pick(params, state.params),
-                        opt_state=pick(opt_state, state.opt_state),
-                        model_state=pick(model_state, state.model_state),
-                        target_params=pick(target, state.target_params))
+  pick = lambda n, o: jax.tree.map(lambda a, b: jnp.where(due, a, b), n, o)
+  new = pick(new, nets)
+  state = state.replace(params=new.params, opt_state=new.opt_state,
+                        model_state=new.model_state, target_params=new.target_params)
   if "redo" not in spec.resets:
     return state, jnp.full([], -1, jnp.int32)
   return state, jnp.where(due, num_reset, 0)
