@@ -1,8 +1,8 @@
 r"""Speed of plastix's whole RL agent against a plain PyTorch DQN, on MinAtar.
 
   python -m benchmarks.rl_throughput [--game=breakout] [--seeds=1,8] [--steps=2000]
-      [--learning_starts=5000] [--rounds=5] [--torch_seeds=1] [--torch_threads=0]
-      [--pqn_envs=128] [--buffer_size=100000] [--modes=...] [--json_out=FILE]
+      [--learning_starts=5000] [--rounds=5] [--torch_seeds=1] [--pqn_envs=128]
+      [--buffer_size=100000] [--modes=...] [--json_out=FILE]
 
 What is timed is the whole agent: acting in the environment, storing the
 transition, and one update on a replay batch of 32 per environment step (the
@@ -15,7 +15,9 @@ same replay ratio in every DQN mode), with target syncs. Modes:
   ``experiments.rl`` runs them; the probes off (the reference has none).
 * ``torch``: `benchmarks.rl_reference`, the PyTorch DQN of the usual shape on
   the ``minatar`` package's own environment, ``--torch_seeds`` seeds one after
-  another, ``torch.set_num_threads`` = the host's cores (or ``--torch_threads``).
+  another, ``torch.set_num_threads`` = the host's cores; ``torch_T``: the same on
+  T threads (on a shared machine one thread is the steadier reference: other
+  load slows PyTorch's OpenMP threads far more than one).
 * ``pqn_E``: plastix's PQN agent (many environments, no replay) with
   ``--pqn_envs`` environments, where the agent exists
   (`plastix.rl.agents.AGENTS`); its own settings otherwise. Reported as a
@@ -100,14 +102,16 @@ def dqn_flops_per_env_step(obs_shape, num_actions: int, batch: int = BATCH,
 
 
 def parse_mode(mode: str) -> tuple[str, int]:
-  """``"plastix_8" -> ("plastix", 8)``, ``"pqn_128" -> ("pqn", 128)``, ``"torch" ->
-  ("torch", 0)``; ValueError for anything else."""
+  """``"plastix_8" -> ("plastix", 8)`` (seeds), ``"pqn_128" -> ("pqn", 128)``
+  (environments), ``"torch" -> ("torch", 0)`` (threads: the cores), ``"torch_1" ->
+  ("torch", 1)``; ValueError for anything else."""
+  if mode == "torch":
+    return "torch", 0
   kind, _, number = mode.partition("_")
-  if kind == "torch" and not number:
-    return kind, 0
-  if kind in ("plastix", "pqn") and number.isdigit() and int(number) > 0:
+  if kind in ("plastix", "pqn", "torch") and number.isdigit() and int(number) > 0:
     return kind, int(number)
-  raise ValueError(f"unknown mode {mode!r}: plastix_<seeds>, pqn_<envs> or torch")
+  raise ValueError(f"unknown mode {mode!r}: plastix_<seeds>, pqn_<envs>, torch or "
+                   "torch_<threads>")
 
 
 def warmup_rounds(learning_starts: int, steps: int) -> int:
@@ -249,11 +253,11 @@ def prepare_torch(game: str, num_seeds: int, steps: int, learning_starts: int,
 
 
 def prepare(mode: str, game: str, steps: int, learning_starts: int, buffer_size: int,
-            torch_seeds: int, torch_threads: int = 0) -> pairing.Prepared:
+            torch_seeds: int) -> pairing.Prepared:
   """The named mode (`parse_mode`), built, warmed up and ready to time."""
   kind, number = parse_mode(mode)
   if kind == "torch":
-    return prepare_torch(game, torch_seeds, steps, learning_starts, buffer_size, torch_threads)
+    return prepare_torch(game, torch_seeds, steps, learning_starts, buffer_size, number)
   if kind == "plastix":
     return prepare_plastix("dqn", game, number, 1, steps, learning_starts, buffer_size)
   return prepare_plastix("pqn", game, 1, number, steps * number, learning_starts, buffer_size)
@@ -337,15 +341,16 @@ def flops_line(cells: dict) -> str | None:
   return None
 
 
-def target_line(cells: dict, seeds: int, target: float = 4.0) -> str | None:
-  """Whether plastix with `seeds` seeds reached `target` times the reference's
-  seed-steps/s (the paired median)."""
+def target_line(cells: dict, seeds: int, target: float = 4.0,
+                reference: str = "torch") -> str | None:
+  """Whether plastix with `seeds` seeds reached `target` times the seed-steps/s
+  of `reference` (a PyTorch mode; the paired median)."""
   mode = f"plastix_{seeds}"
-  ratio = pairing.paired_ratio(per_step_cells(cells), "torch", mode)
+  ratio = pairing.paired_ratio(per_step_cells(cells), reference, mode)
   if ratio is None:
     return None
   met = "met" if ratio[0] >= target else "not met"
-  return (f"target: {mode} at least {target:g}x the reference's seed-steps/s: "
+  return (f"target: {mode} at least {target:g}x {reference}'s seed-steps/s: "
           f"{pairing.format_ratio(ratio)}, {met}")
 
 
@@ -365,7 +370,6 @@ def define_flags() -> None:
                        "first update (the untimed warm-up).")
   flags.DEFINE_integer("rounds", 5, "Timed rounds of every mode, in rotated order.")
   flags.DEFINE_integer("torch_seeds", 1, "Seeds of the PyTorch reference, one after another.")
-  flags.DEFINE_integer("torch_threads", 0, "PyTorch's threads (0: the host's cores).")
   flags.DEFINE_integer("pqn_envs", 128, "Environments of the PQN mode (where the agent exists).")
   flags.DEFINE_integer("buffer_size", 100_000, "Replay capacity per seed.")
   flags.DEFINE_list("modes", None, "Modes to measure (default: plastix_N for every --seeds "
@@ -382,7 +386,7 @@ def _command(mode: str) -> list[str]:
   """A worker of `mode` with this run's settings."""
   return [sys.executable, "-m", "benchmarks.rl_throughput", f"--mode={mode}"] + [
       f"--{name}={FLAGS[name].value}" for name in ("game", "steps", "learning_starts",
-                                                   "buffer_size", "torch_seeds", "torch_threads")]
+                                                   "buffer_size", "torch_seeds")]
 
 
 def check_flags() -> None:
@@ -392,8 +396,6 @@ def check_flags() -> None:
   for name in ("steps", "rounds", "torch_seeds", "pqn_envs"):
     if FLAGS[name].value < 1:
       pairing.refuse(f"--{name}: must be at least 1 (got {FLAGS[name].value})")
-  if FLAGS.torch_threads < 0:
-    pairing.refuse(f"--torch_threads: must be 0 (the cores) or more (got {FLAGS.torch_threads})")
   if FLAGS.learning_starts < BATCH:
     pairing.refuse(f"--learning_starts: must be at least the batch of {BATCH} "
                    f"(got {FLAGS.learning_starts})")
@@ -421,7 +423,7 @@ def main(argv):
     return
   if FLAGS.mode:
     pairing.serve(lambda: prepare(FLAGS.mode, FLAGS.game, FLAGS.steps, FLAGS.learning_starts,
-                                  FLAGS.buffer_size, FLAGS.torch_seeds, FLAGS.torch_threads))
+                                  FLAGS.buffer_size, FLAGS.torch_seeds))
     return
 
   check_flags()
@@ -439,16 +441,19 @@ def main(argv):
     with open(FLAGS.json_out, "w", encoding="utf-8") as f:
       json.dump({"machine": machine, "peak": peak, "cells": cells}, f, indent=1)
 
-  torch_cell = cells.get("torch", {})
+  torch_cell = next((c for m, c in cells.items()
+                     if parse_mode(m)[0] == "torch" and "torch" in c), {})
   warmup = warmup_rounds(FLAGS.learning_starts, FLAGS.steps) * FLAGS.steps
   print(pairing.machine_line(machine)
-        + (f"; {pairing.torch_line(torch_cell)}" if "torch" in torch_cell else "")
+        + (f"; {pairing.torch_line(torch_cell)}" if torch_cell else "")
         + f"; dense f32 matmul peak {peak / 1e9:.1f} GFLOP/s; {FLAGS.game}, {FLAGS.rounds} "
         f"rounds of {FLAGS.steps} env steps per seed after {warmup} warm-up steps\n")
   print(HEADER)
   print("|" + "---|" * (HEADER.count("|") - 1))
   print("\n".join(table_lines(cells, peak)))
-  extra = [flops_line(cells)] + [target_line(cells, int(n)) for n in FLAGS.seeds]
+  references = [m for m in modes if parse_mode(m)[0] == "torch"]
+  extra = [flops_line(cells)] + [target_line(cells, int(n), reference=r)
+                                 for r in references for n in FLAGS.seeds]
   if not any(parse_mode(m)[0] == "pqn" for m in modes):
     extra.append("pqn: plastix has no PQN agent (plastix.rl.agents.AGENTS); not measured")
   print("\n" + "\n".join(line for line in extra if line))

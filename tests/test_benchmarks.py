@@ -362,7 +362,8 @@ def test_parse_mode():
   assert rl_throughput.parse_mode("plastix_8") == ("plastix", 8)
   assert rl_throughput.parse_mode("pqn_128") == ("pqn", 128)
   assert rl_throughput.parse_mode("torch") == ("torch", 0)
-  for bad in ("plastix", "plastix_0", "torch_2", "jax", "pqn_x"):
+  assert rl_throughput.parse_mode("torch_1") == ("torch", 1)
+  for bad in ("plastix", "plastix_0", "torch_0", "jax", "pqn_x", "torch_"):
     with pytest.raises(ValueError, match="unknown mode"):
       rl_throughput.parse_mode(bad)
 
@@ -386,7 +387,11 @@ def test_rl_speed_ratios_compare_seed_steps_per_second_round_by_round():
   assert pairing.paired_ratio(per_step, "torch", "plastix_8") == (16.0, 16.0, 32.0)
   assert rl_throughput.seed_steps_per_s(cells["plastix_8"]) == 800.0
   assert rl_throughput.target_line(cells, 8) == (
-      "target: plastix_8 at least 4x the reference's seed-steps/s: 16.00x (16.00-32.00), met")
+      "target: plastix_8 at least 4x torch's seed-steps/s: 16.00x (16.00-32.00), met")
+  cells["torch_1"] = dict(cells["torch"], times=[1.0, 1.0, 1.0])  # 100 steps/s: 8x, 8x, 4x
+  assert rl_throughput.target_line(cells, 8, reference="torch_1").startswith(
+      "target: plastix_8 at least 4x torch_1's seed-steps/s: 8.00x (4.00-8.00), met")
+  del cells["torch_1"]
   cells["plastix_8"]["times"] = [100.0, 100.0, 100.0]  # 8 steps/s against torch's 25-50
   assert rl_throughput.target_line(cells, 8).endswith("not met")
   assert rl_throughput.target_line(cells, 3) is None
@@ -435,7 +440,8 @@ def test_rl_benchmark_runs_tiny_end_to_end():
     assert mode in rows and "n/a (" not in rows[mode], out
     assert rows[mode].count("%") == 1  # its MFU
   assert "x (" in rows["plastix_2"]  # its paired ratio to the reference
-  assert "target: plastix_2 at least 4x" in out and "XLA's count of the compiled update" in out
+  assert "target: plastix_2 at least 4x torch's" in out
+  assert "XLA's count of the compiled update" in out
 
 
 def test_reference_double_dqn_loss_by_hand():
