@@ -118,3 +118,38 @@ def test_summary_numbers_by_hand():
   assert s["auc_return"] == 3.5 and s["auc_return_std"] == 1.5
   assert s["num_seeds"] == 3 and s["num_diverged"] == 1
   np.testing.assert_equal(results.curves(rows, "baseline", "episode_return")[0], [10, 20])
+
+
+def test_three_seeds_on_two_devices_match_one_device(tmp_path):
+  """The runs split over forced host devices (padded to a multiple of them):
+  each program per device, in a subprocess with a timeout (never a hang)."""
+  args = [*TINY, "--config.num_seeds=3", "--config.interventions=baseline",
+          "--config.probes.sharpness_every=0"]
+  outs = {}
+  for devices in (1, 2):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = subprocess.run([sys.executable, "-m", "experiments.rl",
+                          f"--workdir={tmp_path / str(devices)}", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / str(devices) / "metrics.csv") as f:
+      outs[devices] = list(csv.DictReader(f))
+  assert len(outs[1]) == len(outs[2]) == 9
+  info = json.loads((tmp_path / "2" / "run_info.json").read_text())
+  assert info["layout"]["run_devices"] == 2
+  for a, b in zip(outs[1], outs[2]):
+    assert (a["seed"], a["env_steps"]) == (b["seed"], b["env_steps"])
+    for key in ("episode_return", "num_episodes", "loss", "td_error", "param_norm"):
+      np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-3, atol=1e-5,
+                                 err_msg=key)
+
+
+def test_a_grid_of_learning_rates_trains_beside_the_seeds():
+  config = _tiny_config(interventions="baseline", num_seeds=2,
+                        grid="optimizer.learning_rate=1e-4,1e-3")
+  from plastix.rl import from_config
+  points, hp = from_config.grid_hparams(config)
+  np.testing.assert_allclose(hp.learning_rate, [1e-4, 1e-4, 1e-3, 1e-3], rtol=1e-6)
+  keys = from_config.seed_keys(config, len(points))
+  np.testing.assert_array_equal(keys[0], keys[2])  # seed 0 at both grid points.
+  assert not np.array_equal(keys[0], keys[1])

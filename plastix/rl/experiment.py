@@ -81,12 +81,19 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
   """Every seed and grid point of `config` under intervention `name`: WindowMetrics [run, window]."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from plastix import checkpointing, watchdog  # pylint: disable=g-import-not-at-top
+  from plastix import checkpointing, sharding, watchdog  # pylint: disable=g-import-not-at-top
   from plastix.rl import loop  # pylint: disable=g-import-not-at-top
   resolved = interventions.apply(config, name)
   spec = from_config.spec(resolved)
   points, hp = from_config.grid_hparams(resolved)
   keys = from_config.seed_keys(resolved, len(points))
+  num_real = keys.shape[0]
+  if jax.device_count() > 1:
+    # Runs split over every device (padded with copies of the last run to a
+    # multiple of them, dropped at the end), as the supervised runs are.
+    mesh = sharding.seed_mesh()
+    (keys, hp), _ = sharding.pad_runs((keys, hp), mesh.size)
+    keys, hp = sharding.shard_seeds(keys, mesh), sharding.shard_seeds(hp, mesh)
   total_windows = resolved.total_env_steps // resolved.eval_every_steps
   chunk = min(resolved.windows_per_chunk, total_windows)
   states = loop.init_states(keys, hp, spec=spec)
@@ -109,7 +116,8 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
     while done < total_windows:
       n = min(chunk, total_windows - done)
       what = (f"[{name}] the program for env steps {done * resolved.eval_every_steps + 1}-"
-              f"{(done + n) * resolved.eval_every_steps} ({keys.shape[0]} runs)")
+              f"{(done + n) * resolved.eval_every_steps} ({num_real} runs on "
+              f"{jax.device_count()} {platform} devices)")
       started = time.perf_counter()
       with dog.watching(watchdog.chunk_limits(timeout_s, platform, slowest), what,
                         "the same command resumes from the last checkpoint"):
@@ -123,16 +131,17 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
       so_far = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
       parts = [so_far]
       ckpt.save(done, states, so_far)
-      job["steps_done"] += n * resolved.eval_every_steps * keys.shape[0]
-      rate = n * resolved.eval_every_steps * keys.shape[0] / elapsed
-      ret = np.nanmean(metrics.episode_return[:, -1]) if np.isfinite(
-          metrics.episode_return[:, -1]).any() else float("nan")
+      job["steps_done"] += n * resolved.eval_every_steps * num_real
+      rate = n * resolved.eval_every_steps * num_real / elapsed
+      last = metrics.episode_return[:num_real, -1]
+      ret = np.nanmean(last) if np.isfinite(last).any() else float("nan")
       remaining = job["steps_total"] - job["steps_done"]
       progress(f"[{name} {job['index']}/{job['count']}] env steps "
                f"{done * resolved.eval_every_steps}/{resolved.total_env_steps}  return "
                f"{ret:.2f}  {rate:,.0f} seed-steps/s  eta {remaining / rate:.0f}s")
   ckpt.close()
-  return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts), points
+  metrics = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+  return sharding.unpad(metrics, num_real), points
 
 
 def run(prepared: Prepared, workdir: str,
@@ -152,7 +161,7 @@ def run(prepared: Prepared, workdir: str,
   base._prepare_workdir(workdir)  # pylint: disable=protected-access
   if log is not None:
     log.attach(os.path.join(workdir, joblog.LOG_FILE))
-  layout = {"processes": jax.process_count(), "run_devices": 1}
+  layout = {"processes": jax.process_count(), "run_devices": jax.device_count()}
   if not resuming:
     base_results.write_json(os.path.join(workdir, "config.json"), config_dict)
     base_results.write_json(os.path.join(workdir, "run_info.json"), base.run_info(None, layout))
