@@ -27,7 +27,6 @@ from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from plastix import results
-from plastix import shifts
 
 BAND = "mean ± 1 std over seeds (ddof 0)"  # What every curve's band is.
 
@@ -78,6 +77,7 @@ save_figure = _save  # The public name, for modules that draw their own figures.
 def chance_accuracy(shift: str, num_classes: int) -> float | None:
   """The accuracy of guessing, ``1 / num_classes``, for a classification shift
   (`shifts.objective`); None for a regression or the bandit."""
+  from plastix import shifts  # pylint: disable=g-import-not-at-top  (it imports JAX)
   if shifts.objective(shift) != "classification" or num_classes < 1:
     return None
   return 1.0 / num_classes
