@@ -379,7 +379,9 @@ def run(prepared: Prepared, workdir: str,
   chance = plotting.chance_accuracy(config.shift, num_classes)
   plotting.plot_plasticity(rows, conditions, os.path.join(workdir, "plasticity.png"),
                            title=title, chance=chance)
-  # The figures sum the seeds that never diverged, as the curves average them.
+  plotting.plot_summary_bars(rows, conditions, os.path.join(workdir, "summary_bars.png"),
+                             title=title, chance=chance)
+  # The figures average the seeds that never diverged, as the curves do.
   diverged = {c: results.diverged_seeds(rows, c) for c in conditions}
   if steps:
     plotting.plot_step_curves(steps, conditions, os.path.join(workdir, "steps.png"),
