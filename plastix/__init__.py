@@ -1,10 +1,13 @@
 """plastix: loss of plasticity, measured and prevented, as pure JAX functions.
 
 ``plastix.diagnose`` (`plastix.diagnostics.diagnose`) probes any flax linen
-model; it is imported on first use, so ``import plastix`` itself loads no JAX.
+model, and ``plastix.results.load(workdir)`` reads a run's or a study's tidy
+table; both are imported on first use, so ``import plastix`` itself loads no JAX.
 """
 
-__all__ = ["diagnose"]
+import importlib
+
+__all__ = ["diagnose", "results"]
 
 
 def __getattr__(name):
@@ -12,6 +15,10 @@ def __getattr__(name):
     from plastix.diagnostics import diagnose  # pylint: disable=g-import-not-at-top
     globals()["diagnose"] = diagnose
     return diagnose
+  if name == "results":
+    module = importlib.import_module("plastix.results")
+    globals()["results"] = module
+    return module
   raise AttributeError(f"module 'plastix' has no attribute {name!r}")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import csv
 import os
 import subprocess
 import sys
@@ -164,15 +165,18 @@ def test_unwritable_workdir(tmp_path):
   assert "--workdir" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_seeds_that_do_not_split_over_the_devices_are_refused(tmp_path):
+def test_seeds_that_do_not_split_over_the_devices_run_padded(tmp_path):
+  # 3 seeds on 2 devices: padded with a copy of the last seed, trained and
+  # dropped (tests/test_no_hang.py compares the metrics with one device's).
   env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"),
              JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "experiments.synthetic", "--config=configs/shift.py",
-         "--config.num_seeds=3", f"--workdir={tmp_path / 'w'}"]
+  cmd = [sys.executable, "-m", "experiments.synthetic", *TINY, "--config.num_seeds=3",
+         "--config.interventions=baseline", f"--workdir={tmp_path / 'w'}"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-  assert proc.returncode == 2
-  assert "config.num_seeds" in proc.stderr and "2 devices" in proc.stderr
-  assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(tmp_path / "w" / "metrics.csv") as f:
+    seeds = {row["seed"] for row in csv.DictReader(f)}
+  assert seeds == {"0", "1", "2"}
 
 
 def test_runs_from_any_directory_and_measures_held_out_accuracy(tmp_path):

@@ -203,3 +203,11 @@ def test_load_reads_steps_and_a_studys_cells(tmp_path, monkeypatch):
     results.load(str(tmp_path / "empty"))
   with pytest.raises(ValueError, match="table 'probes'"):
     results.load(str(tmp_path / "study"), table="probes")
+
+
+def test_plastix_results_is_reachable_from_the_package_without_loading_jax():
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ("import sys, plastix; load = plastix.results.load; "
+          "print(callable(load), 'jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.stdout.split() == ["True", "False"], out.stderr
