@@ -241,9 +241,13 @@ def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: b
   model = _fast(spec.model) if reverse_only else spec.model
 
   def loss(params, batch):
-    obs = jnp.concatenate([batch.obs, batch.next_obs])
-    outputs, new_state = models.apply_model(model, params, model_state, obs, train=train)
-    online, next_online = jnp.split(outputs, 2)
+    online, new_state = models.apply_model(model, params, model_state, batch.obs, train=train)
+    # The next states' values are targets, never differentiated: forward passes
+    # alone (the online one only for an agent that picks the next action with it).
+    next_online = None
+    if spec.agent.uses_next_online:
+      next_online = jax.lax.stop_gradient(
+          _forward(spec, params, model_state, batch.next_obs))
     next_target = _forward(spec, target_params, model_state, batch.next_obs)
     per_example, td = spec.agent.td_loss(online, next_online, next_target, batch, hp.gamma)
     value = jnp.mean(per_example)

@@ -4,11 +4,14 @@ An agent is a small frozen dataclass (hashable, so it is part of the loop's
 static spec) with:
 
 * ``num_outputs``: the size of the network's head for ``num_actions`` actions;
+* ``uses_next_online``: whether the loss reads the online network on the next
+  states (the loop then runs that forward pass, without gradients);
 * ``q_values(outputs) -> [B, A]``: action values, for acting and the probes;
 * ``td_loss(outputs, next_online, next_target, batch, gamma) -> (loss [B], td [B])``:
   the per-transition loss on a replay batch (`Transition`) given the online
   network's outputs on ``batch.obs`` and both networks' outputs on
-  ``batch.next_obs``, and the TD error ``Q(s, a) - target`` it implies (for
+  ``batch.next_obs`` (``next_online`` is None when ``uses_next_online`` is
+  False), and the TD error ``Q(s, a) - target`` it implies (for
   the probes, in units of return).
 
 `AGENTS` maps a config's ``agent`` name to its class; a new agent is a new

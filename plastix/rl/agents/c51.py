@@ -64,6 +64,8 @@ class C51:
   def num_outputs(self) -> int:
     return self.num_actions * self.num_atoms
 
+  uses_next_online = False  # the next action is the target network's choice.
+
   @property
   def support(self) -> jax.Array:
     return jnp.linspace(self.v_min, self.v_max, self.num_atoms, dtype=jnp.float32)

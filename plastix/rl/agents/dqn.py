@@ -32,6 +32,11 @@ class DQN:
   def num_outputs(self) -> int:
     return self.num_actions
 
+  @property
+  def uses_next_online(self) -> bool:
+    """Whether `td_loss` reads the online network's outputs on the next states."""
+    return self.double
+
   def q_values(self, outputs: jax.Array) -> jax.Array:
     return outputs
 
