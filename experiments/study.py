@@ -56,12 +56,9 @@ _TASK_LINE = re.compile(r"^\[(?P<name>[^\]\s]+)(?: \d+/\d+)?\] (?:task|env steps
 
 
 def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  """``"42s"``, ``"3m05s"``, ``"2h07m"`` (`plastix.runner.format_duration`)."""
+  from plastix import runner  # pylint: disable=g-import-not-at-top
+  return runner.format_duration(seconds)
 
 
 def _check_cells(config):

@@ -551,16 +551,14 @@ class MechanismTable:
   diverged_baseline: tuple[str, ...] = ()
 
 
-def mechanism_table(conditions: Sequence[ConditionSeeds]) -> MechanismTable:
-  """Per condition of one cell, its plasticity loss and each indicator that
-  ran, compared with the baseline condition of the same grid point
-  (``"baseline"``, or ``"baseline [<grid label>]"``): the change of the
-  indicator's mean over seeds and whether it `moved`."""
-  indicators = tuple(ran_indicators(conditions))
+def _against_baseline(conditions, columns: Sequence[str], stats: dict):
+  """For each condition of one cell, ``(condition, baseline name or None,
+  {column: its SeedStats (the baseline's own row) | Change | None})``, with
+  the grid labels that have no baseline and those whose baseline's seeds all
+  diverged: the comparison both mechanism tables make. `stats` maps
+  ``condition -> column -> SeedStats``."""
   by_name = {c.condition: c for c in conditions}
-  stats = {c.condition: {k: seed_stats(c.indicators[k]) for k in indicators}
-           for c in conditions}
-  rows, no_baseline, diverged_baseline = [], [], []
+  compared, no_baseline, diverged_baseline = [], [], []
   for c in conditions:
     base_name = grid_lib.condition(BASELINE, c.grid_label)
     base = by_name.get(base_name)
@@ -568,21 +566,34 @@ def mechanism_table(conditions: Sequence[ConditionSeeds]) -> MechanismTable:
       no_baseline.append(c.grid_label)
     if base is c and c.all_diverged:
       diverged_baseline.append(c.grid_label)
-    cells = {}
-    for k in indicators:
+    changes = {}
+    for k in columns:
       mine = stats[c.condition][k]
       if c is base:
-        cells[k] = mine
+        changes[k] = mine
       elif base is None or base.all_diverged or c.all_diverged:
-        cells[k] = None
+        changes[k] = None
       else:
         ref = stats[base_name][k]
-        cells[k] = Change(mine, mine.mean - ref.mean,
-                          moved(mine.mean, mine.std, ref.mean, ref.std, mine.n, ref.n))
-    rows.append(TableRow(
-        condition=c, plasticity_loss=seed_stats(c.plasticity_loss),
-        final_fit={k: seed_stats(v) for k, v in c.final_fit.items()},
-        baseline=base_name if base is not None else None, indicators=cells))
+        changes[k] = Change(mine, mine.mean - ref.mean,
+                            moved(mine.mean, mine.std, ref.mean, ref.std, mine.n, ref.n))
+    compared.append((c, base_name if base is not None else None, changes))
+  return compared, no_baseline, diverged_baseline
+
+
+def mechanism_table(conditions: Sequence[ConditionSeeds]) -> MechanismTable:
+  """Per condition of one cell, its plasticity loss and each indicator that
+  ran, compared with the baseline condition of the same grid point
+  (``"baseline"``, or ``"baseline [<grid label>]"``): the change of the
+  indicator's mean over seeds and whether it `moved`."""
+  indicators = tuple(ran_indicators(conditions))
+  stats = {c.condition: {k: seed_stats(c.indicators[k]) for k in indicators}
+           for c in conditions}
+  compared, no_baseline, diverged_baseline = _against_baseline(conditions, indicators, stats)
+  rows = [TableRow(condition=c, plasticity_loss=seed_stats(c.plasticity_loss),
+                   final_fit={k: seed_stats(v) for k, v in c.final_fit.items()},
+                   baseline=base_name, indicators=cells)
+          for c, base_name, cells in compared]
   return MechanismTable(cell=conditions[0].cell if conditions else "",
                         indicators=indicators,
                         has_final_fit=any(r.final_fit for r in rows),
@@ -777,32 +788,13 @@ def rl_mechanism_table(conditions: Sequence[RLConditionSeeds]) -> RLMechanismTab
   and whether it `moved`."""
   probes = tuple(ran_probes(conditions))
   columns = (AUC_RETURN,) + probes
-  by_name = {c.condition: c for c in conditions}
   values = lambda c, k: c.auc_return if k == AUC_RETURN else c.probes[k]
   stats = {c.condition: {k: seed_stats(values(c, k)) for k in columns} for c in conditions}
-  rows, no_baseline, diverged_baseline = [], [], []
-  for c in conditions:
-    base_name = grid_lib.condition(BASELINE, c.grid_label)
-    base = by_name.get(base_name)
-    if base is None and c.grid_label not in no_baseline:
-      no_baseline.append(c.grid_label)
-    if base is c and c.all_diverged:
-      diverged_baseline.append(c.grid_label)
-    changes = {}
-    for k in columns:
-      mine = stats[c.condition][k]
-      if c is base:
-        changes[k] = mine
-      elif base is None or base.all_diverged or c.all_diverged:
-        changes[k] = None
-      else:
-        ref = stats[base_name][k]
-        changes[k] = Change(mine, mine.mean - ref.mean,
-                            moved(mine.mean, mine.std, ref.mean, ref.std, mine.n, ref.n))
-    rows.append(RLTableRow(condition=c, final_return=seed_stats(c.final_return),
-                           auc_return=stats[c.condition][AUC_RETURN],
-                           baseline=base_name if base is not None else None,
-                           changes=changes))
+  compared, no_baseline, diverged_baseline = _against_baseline(conditions, columns, stats)
+  rows = [RLTableRow(condition=c, final_return=seed_stats(c.final_return),
+                     auc_return=stats[c.condition][AUC_RETURN], baseline=base_name,
+                     changes=changes)
+          for c, base_name, changes in compared]
   return RLMechanismTable(cell=conditions[0].cell if conditions else "", probes=probes,
                           rows=tuple(rows), no_baseline=tuple(no_baseline),
                           diverged_baseline=tuple(diverged_baseline))

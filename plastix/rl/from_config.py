@@ -25,11 +25,7 @@ from plastix.rl import loop
 
 # Config field -> the `loop.RLHParams` field it feeds (a grid may set these).
 GRID_FIELDS = {
-    "optimizer.learning_rate": "learning_rate",
-    "optimizer.weight_decay": "weight_decay",
-    "optimizer.b1": "b1",
-    "optimizer.b2": "b2",
-    "optimizer.eps": "eps",
+    **{k: v for k, v in grid_lib.GRID_FIELDS.items() if k.startswith("optimizer.")},
     "loss.l2": "l2",
     "optimizer.l2_init": "l2_init",
     "td.gamma": "gamma",
