@@ -153,3 +153,11 @@ def test_a_grid_of_learning_rates_trains_beside_the_seeds():
   keys = from_config.seed_keys(config, len(points))
   np.testing.assert_array_equal(keys[0], keys[2])  # seed 0 at both grid points.
   assert not np.array_equal(keys[0], keys[1])
+
+
+def test_game_switches_are_read_from_the_game_column():
+  from plastix.rl import plotting  # pylint: disable=g-import-not-at-top
+  rows = [{"env_steps": s, "game": g, "seed": seed}
+          for seed in (0, 1) for s, g in ((10, 0), (20, 0), (30, 1), (40, 1), (50, 0))]
+  assert plotting.game_switches(rows) == [30, 50]
+  assert plotting.game_switches([{"env_steps": 10, "game": 0}]) == []

@@ -46,12 +46,27 @@ def _measured(rows, key: str) -> bool:
   return any(key in r and r[key] is not None and np.isfinite(r[key]) for r in rows)
 
 
+def game_switches(rows: Sequence[dict]) -> list[int]:
+  """The ``env_steps`` of the first window whose game differs from the window
+  before's (a sequence of games; [] for one game)."""
+  games = {}
+  for r in rows:
+    if "game" in r:
+      games.setdefault(int(r["env_steps"]), int(float(r["game"])))
+  steps = sorted(games)
+  return [b for a, b in zip(steps, steps[1:]) if games[a] != games[b]]
+
+
 def plot_returns(rows: Sequence[dict], conditions: Sequence[str], path: str,
                  title: str = "") -> None:
   """``episode_return`` against environment steps, one curve per condition."""
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for condition in conditions:
     _curve(ax, rows, condition, "episode_return")
+  switches = game_switches(rows)
+  for i, steps in enumerate(switches):
+    ax.axvline(steps, color="0.4", linestyle=":", linewidth=1,
+               label="game switch (in the window ending here)" if i == 0 else None)
   ax.set_xlabel("environment steps (per seed)")
   ax.set_ylabel("episode return")
   ax.set_title(f"{title}\n({BAND})" if title else BAND, fontsize=9)
