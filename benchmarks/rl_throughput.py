@@ -154,12 +154,15 @@ def xla_flops(spec, hp) -> dict:
   params, model_state = models.init_variables(spec.model, jax.random.PRNGKey(0),
                                               jnp.zeros((1,) + obs_shape))
   obs = jnp.zeros((BATCH,) + obs_shape, jnp.float32)
+  # Separate arrays for the next states and the target network, as in the
+  # loop: the same buffers would let XLA merge the passes that read them.
   batch = Transition(obs=obs, action=jnp.zeros(BATCH, jnp.int32),
-                     reward=jnp.zeros(BATCH, jnp.float32), next_obs=obs,
+                     reward=jnp.zeros(BATCH, jnp.float32), next_obs=obs + 1.0,
                      terminated=jnp.zeros(BATCH, jnp.float32))
+  target_params = jax.tree.map(lambda p: p + 1.0, params)
 
-  def update(params, batch):
-    loss_fn = loop.td_loss_fn(spec, hp, params, model_state)
+  def update(params, target_params, batch):
+    loss_fn = loop.td_loss_fn(spec, hp, target_params, model_state)
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
 
   def act(params, obs):
@@ -171,7 +174,7 @@ def xla_flops(spec, hp) -> dict:
       analysis = analysis[0]
     return float(analysis.get("flops", float("nan")))
 
-  return {"xla_update_flops": count(update, params, batch),
+  return {"xla_update_flops": count(update, params, target_params, batch),
           "xla_act_flops": count(act, params, obs[:1])}
 
 
