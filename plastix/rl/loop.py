@@ -244,11 +244,11 @@ def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: b
     online, new_state = models.apply_model(model, params, model_state, batch.obs, train=train)
     # The next states' values are targets, never differentiated: forward passes
     # alone (the online one only for an agent that picks the next action with it).
+    forward = lambda p, x: models.apply_model(model, p, model_state, x, train=False)[0]
     next_online = None
     if spec.agent.uses_next_online:
-      next_online = jax.lax.stop_gradient(
-          _forward(spec, params, model_state, batch.next_obs))
-    next_target = _forward(spec, target_params, model_state, batch.next_obs)
+      next_online = jax.lax.stop_gradient(forward(params, batch.next_obs))
+    next_target = forward(target_params, batch.next_obs)
     per_example, td = spec.agent.td_loss(online, next_online, next_target, batch, hp.gamma)
     value = jnp.mean(per_example)
     if spec.coupled_l2:
