@@ -129,8 +129,13 @@ _WATCH_FIELDS = ("stall_timeout_s", "tensorboard", "keep_checkpoints")
 _ADDED_FIELDS = {"cpu_devices": 0, "log_every_steps": 0}
 
 
-def is_resumable(workdir: str, config_dict: dict) -> bool:
-  """True if `workdir` already holds this config's run; `UsageError` on a different config."""
+def is_resumable(workdir: str, config_dict: dict, added_fields: dict | None = None) -> bool:
+  """True if `workdir` already holds this config's run; `UsageError` on a different config.
+
+  `added_fields`: fields added since a workdir may have been written, with the
+  value that means what the older code did (default: this entry point's,
+  `_ADDED_FIELDS`; another learner's config passes its own)."""
+  added_fields = _ADDED_FIELDS if added_fields is None else added_fields
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return False
@@ -140,7 +145,7 @@ def is_resumable(workdir: str, config_dict: dict) -> bool:
   except (OSError, ValueError) as e:
     raise UsageError(f"--workdir {workdir!r} has an unreadable config.json ({e}); "
                      "use a new --workdir") from None
-  old, new = {**_ADDED_FIELDS, **_flatten(saved)}, _flatten(config_dict)
+  old, new = {**added_fields, **_flatten(saved)}, _flatten(config_dict)
   changed = sorted(k for k in old.keys() | new.keys()
                    if old.get(k) != new.get(k)
                    and not k.startswith(_LAYOUT_FIELDS + _WATCH_FIELDS))

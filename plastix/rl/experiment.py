@@ -44,39 +44,6 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   return Prepared(config, names)
 
 
-# Fields that change nothing a run computes: a run may resume with other values.
-_RESUMABLE_CHANGES = ("stall_timeout_s",)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
-def is_resumable(workdir: str, config_dict: dict) -> bool:
-  """True if `workdir` holds this config's run; `UsageError` naming the changed
-  fields if it holds another config's."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return False
-  try:
-    with open(path) as f:
-      old = _flatten(json.load(f))
-  except (OSError, ValueError) as e:
-    raise UsageError(f"--workdir {workdir!r} has an unreadable config.json ({e}); "
-                     "use a new --workdir") from None
-  new = _flatten(config_dict)
-  changed = sorted(k for k in old.keys() | new.keys()
-                   if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
-  if changed:
-    raise UsageError(f"--workdir {workdir!r} holds a run with a different config "
-                     f"({', '.join(changed)}); use a new --workdir or the same config to "
-                     "resume")
-  return True
-
-
 def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dict):
   """Every seed and grid point of `config` under intervention `name`: WindowMetrics [run, window]."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -157,7 +124,8 @@ def run(prepared: Prepared, workdir: str,
   config, names = prepared
   say = progress or (log.say if log else (lambda line: print(line, flush=True)))
   config_dict = json.loads(json.dumps(config.to_dict()))
-  resuming = is_resumable(workdir, config_dict)
+  # No RL config field was added after RL workdirs were first written.
+  resuming = base.is_resumable(workdir, config_dict, added_fields={})
   base._prepare_workdir(workdir)  # pylint: disable=protected-access
   if log is not None:
     log.attach(os.path.join(workdir, joblog.LOG_FILE))

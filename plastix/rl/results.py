@@ -15,7 +15,6 @@ and ``num_diverged``.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -80,8 +79,7 @@ def summarize(rows: Sequence[dict], conditions: Sequence[str]) -> dict:
     bad = np.any(diverged >= 0, axis=1)
     healthy = returns[~bad]
     final = healthy[:, -1] if healthy.size else np.zeros(0)
-    auc = np.array([_finite_mean(r) if _finite_mean(r) is not None else np.nan
-                    for r in healthy])
+    auc = np.array([np.nan if (m := _finite_mean(r)) is None else m for r in healthy])
     out[condition] = {
         "final_return": _finite_mean(final), "final_return_std": _std(final),
         "auc_return": _finite_mean(auc), "auc_return_std": _std(auc),
@@ -101,6 +99,3 @@ def format_table(summary: dict) -> str:
                  f"{s['num_diverged']}/{s['num_seeds']}")
   return "\n".join(lines)
 
-
-def is_finite(x) -> bool:
-  return x is not None and math.isfinite(x)
