@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.agent = "dqn"                # dqn, c51.
+  config.suite = "minatar"            # minatar (gymnax) or atari (ale-py: configs/rl_atari.py).
   config.env_name = "breakout"
   config.sticky_prob = 0.0            # Repeat the previous action with this probability.
   config.switch_every_steps = 0       # A `+` sequence: env steps per game (0: an equal share).
@@ -34,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_seeds = 3
   config.eval_every_steps = 10_000    # A metrics.csv row per seed every this many env steps.
   config.windows_per_chunk = 2        # Progress and checkpoints after this many rows.
+  config.eval_steps = 0               # Env steps of an evaluation phase per row (0: none).
+  config.eval_epsilon = 0.001         # Exploration of the evaluation episodes.
   config.stall_timeout_s = 300.0      # As in configs/shift.py (plastix.watchdog).
 
   # Interventions: the names of the supervised studies (plastix.interventions).

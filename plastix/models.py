@@ -1,11 +1,12 @@
 r"""Flax models whose hidden layers are visible to the probes.
 
-Four architectures share one set of options (`MODELS`, built by `create`):
+Five architectures share one set of options (`MODELS`, built by `create`):
 
 | name       | module   | hidden layers sown, in forward order                          |
 |------------|----------|---------------------------------------------------------------|
 | "mlp"      | `MLP`    | each ``dense_i``: ``[B, width]``                              |
 | "cnn"      | `CNN`    | each ``conv_i`` (``[B, H, W, C]``), then each ``dense_i``     |
+| "nature_cnn" | `CNN`  | the same: the Nature DQN torso (Mnih et al., 2015), see below  |
 | "resnet18" | `ResNet` | the stem, then per basic block its inner layer and its output |
 | "vit_tiny" | `ViT`    | per transformer block, the MLP hidden layer ``[B, T, mlp]``   |
 
@@ -265,7 +266,12 @@ class CNN(nn.Module):
     then flatten (row-major over [H, W, C]) and dense layers as in `MLP`.
 
   Each conv is ``kernel_size`` x ``kernel_size`` with stride ``stride`` and SAME
-  padding (so a stride-2 layer halves H and W, rounding up). Layers are
+  padding (so a stride-2 layer halves H and W, rounding up), unless
+  ``kernel_sizes`` / ``strides`` give one value per layer and ``padding`` is
+  "VALID" (the Nature DQN torso: 8x8 stride 4, 4x4 stride 2, 3x3 stride 1,
+  VALID, 32/64/64 channels, a 512-unit layer; 84x84 inputs give 20x20, 9x9
+  and 7x7 maps). The inputs are multiplied by ``input_scale`` first (1/255
+  for Atari frames of 0..255). Layers are
   indexed together in forward order: ``conv_0 .. conv_{K-1}``, then
   ``dense_K .. dense_{K+M-1}``, each with its norm ``norm_i``, then ``head``.
 
@@ -282,6 +288,10 @@ class CNN(nn.Module):
       `plastix.matmul.patches_conv`.
     input_shape: ``(H, W, C)``: if set, inputs ``[B, ...]`` are reshaped to
       ``[B, H, W, C]`` first (for flattened images).
+    kernel_sizes, strides: one per conv layer, overriding `kernel_size` and
+      `stride` when set.
+    padding: "SAME" or "VALID".
+    input_scale: multiplies the inputs before the first layer.
   """
 
   num_outputs: int
@@ -289,6 +299,10 @@ class CNN(nn.Module):
   hidden_sizes: Sequence[int] = (256,)
   kernel_size: int = 3
   stride: int = 2
+  kernel_sizes: Sequence[int] | None = None
+  strides: Sequence[int] | None = None
+  padding: str = "SAME"
+  input_scale: float = 1.0
   norm: str = "none"
   activation: str = "relu"
   dtype: str = "float32"
@@ -303,9 +317,14 @@ class CNN(nn.Module):
     conv_kw = ({} if self.conv_general_dilated is None
                else {"conv_general_dilated": self.conv_general_dilated})
     x = _images(x, self.input_shape, "CNN")
-    k = self.kernel_size
+    if self.input_scale != 1.0:
+      x = x * jnp.asarray(self.input_scale, x.dtype)
+    n = len(self.channels)
+    kernels = tuple(self.kernel_sizes or (self.kernel_size,) * n)
+    strides = tuple(self.strides or (self.stride,) * n)
     for i, c in enumerate(self.channels):
-      h = nn.Conv(c, (k, k), strides=self.stride, padding="SAME", dtype=dtype,
+      k = kernels[i]
+      h = nn.Conv(c, (k, k), strides=strides[i], padding=self.padding, dtype=dtype,
                   name=f"conv_{i}", **conv_kw)(x)
       x = _hidden(self, h, i, train, dtype)
     x = x.reshape((x.shape[0], -1))
@@ -711,6 +730,31 @@ def _build_cnn(config, num_outputs, input_shape):
              **_common(config))
 
 
+# The Nature DQN torso's fixed geometry (Mnih et al., 2015).
+NATURE_KERNELS, NATURE_STRIDES = (8, 4, 3), (4, 2, 1)
+
+
+def _build_nature_cnn(config, num_outputs, input_shape):
+  channels = _ints(config, "cnn_channels", (32, 64, 64))
+  if len(channels) != 3:
+    raise _error("cnn_channels", "nature_cnn has three conv layers", channels)
+  shape = _image_shape(input_shape, "nature_cnn")
+  if shape is not None:
+    size = min(shape[0], shape[1])
+    for k, s in zip(NATURE_KERNELS, NATURE_STRIDES):
+      size = (size - k) // s + 1 if size >= k else 0
+    if size < 1:
+      raise ValueError(f"input_shape: model 'nature_cnn' needs images of at least 36x36 "
+                       f"(8x8/4, 4x4/2, 3x3/1 VALID convs), got {input_shape!r}")
+  scale = _field(config, "input_scale", 1.0 / 255.0)
+  if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+    raise _error("input_scale", "must be a positive number", scale)
+  depth, width = _int(config, "depth", 1, minimum=0), _int(config, "width", 512)
+  return CNN(num_outputs=num_outputs, channels=channels, hidden_sizes=(width,) * depth,
+             kernel_sizes=NATURE_KERNELS, strides=NATURE_STRIDES, padding="VALID",
+             input_scale=float(scale), input_shape=shape, **_common(config))
+
+
 def _build_resnet(config, num_outputs, input_shape):
   return ResNet(num_outputs=num_outputs, width=_int(config, "resnet_width", 64),
                 stage_sizes=_ints(config, "resnet_stage_sizes", (2, 2, 2, 2)),
@@ -736,6 +780,7 @@ def _build_vit(config, num_outputs, input_shape):
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _build_mlp,
     "cnn": _build_cnn,
+    "nature_cnn": _build_nature_cnn,
     "resnet18": _build_resnet,
     "vit_tiny": _build_vit,
 }
@@ -758,6 +803,9 @@ def create(model_config: Mapping[str, Any], num_outputs: int,
   | cnn_channels       | cnn         | (32, 64)     | channels of each conv             |
   | cnn_kernel_size    | cnn         | 3            | conv kernel side                  |
   | cnn_stride         | cnn         | 2            | conv stride                       |
+  | (nature_cnn)       | nature_cnn  | channels (32, 64, 64), depth 1, width 512; kernels    |
+  |                    |             | 8/4/3, strides 4/2/1, VALID (fixed)                  |
+  | input_scale        | nature_cnn  | 1/255        | multiplies the inputs             |
   | resnet_width       | resnet18    | 64           | stem / first-stage channels       |
   | resnet_stage_sizes | resnet18    | (2, 2, 2, 2) | basic blocks per stage            |
   | vit_patch_size     | vit_tiny    | 4            | patch side                        |

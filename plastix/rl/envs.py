@@ -125,6 +125,12 @@ class StepOut(NamedTuple):
   next_obs: jax.Array      # float32 [E, 10, 10, C]: the observation this step reached,
                            #   before any automatic reset.
   game: jax.Array          # int32 []: index of the game these steps were played in.
+  # Optional, for environments that need them (None: the defaults in brackets).
+  valid: Any = None        # bool [E]: the transition is real experience [all True]; False
+                           #   for an automatic-reset step that joins two episodes.
+  score: Any = None        # float32 [E]: the game's own reward, summed into episode
+                           #   returns [reward].
+  episode_end: Any = None  # bool [E]: an episode (a whole game) ended [terminated | truncated].
 
 
 def _valid_names() -> str:

@@ -28,6 +28,9 @@ from plastix import interventions
 from plastix.rl import from_config
 
 UsageError = base.UsageError
+# RL config fields added after RL workdirs were first written -> the value that
+# means what the older code did (`plastix.experiment.is_resumable`).
+ADDED_FIELDS = {"suite": "minatar", "eval_steps": 0, "eval_epsilon": 0.001}
 
 
 class Prepared(NamedTuple):
@@ -55,7 +58,7 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
   points, hp = from_config.grid_hparams(resolved)
   keys = from_config.seed_keys(resolved, len(points))
   num_real = keys.shape[0]
-  if jax.device_count() > 1:
+  if jax.device_count() > 1 and getattr(spec.env, "shardable", True):
     # Runs split over every device (padded with copies of the last run to a
     # multiple of them, dropped at the end), as the supervised runs are.
     mesh = sharding.seed_mesh()
@@ -120,12 +123,12 @@ def run(prepared: Prepared, workdir: str,
   """
   import jax  # pylint: disable=g-import-not-at-top
   from plastix import joblog  # pylint: disable=g-import-not-at-top
-  from plastix.rl import plotting, results  # pylint: disable=g-import-not-at-top
+  from plastix.rl import atari_scores, plotting, results  # pylint: disable=g-import-not-at-top
   config, names = prepared
   say = progress or (log.say if log else (lambda line: print(line, flush=True)))
   config_dict = json.loads(json.dumps(config.to_dict()))
-  # No RL config field was added after RL workdirs were first written.
-  resuming = base.is_resumable(workdir, config_dict, added_fields={})
+  # Fields added since RL workdirs were first written, with their old meaning.
+  resuming = base.is_resumable(workdir, config_dict, added_fields=ADDED_FIELDS)
   base._prepare_workdir(workdir)  # pylint: disable=protected-access
   if log is not None:
     log.attach(os.path.join(workdir, joblog.LOG_FILE))
@@ -152,7 +155,11 @@ def run(prepared: Prepared, workdir: str,
     rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
     base_results.write_csv(os.path.join(workdir, "metrics.csv"), rows)
   conditions = grid_lib.conditions(names, config.grid, from_config.GRID_FIELDS)
-  summary = results.summarize(rows, conditions)
+  games = from_config.parse_env_name(config)
+  normalize = None
+  if from_config.suite(config) == "atari" and len(games) == 1:
+    normalize = lambda score: atari_scores.normalized(games[0], score)
+  summary = results.summarize(rows, conditions, normalize)
   base_results.write_json(os.path.join(workdir, "summary.json"), summary)
   title = f"{config.name}: {config.agent} on {config.env_name}"
   plotting.plot_returns(rows, conditions, os.path.join(workdir, "returns.png"), title)

@@ -20,6 +20,7 @@ from plastix import optim
 from plastix import probe_suite
 from plastix import resets
 from plastix.rl import agents
+from plastix.rl import atari
 from plastix.rl import envs
 from plastix.rl import loop
 
@@ -39,11 +40,31 @@ def _require(ok: bool, field: str, message: str, value) -> None:
     raise ValueError(f"{field}: {message} (got {value!r})")
 
 
+SUITES = ("minatar", "atari")
+
+
+def suite(config: ml_collections.ConfigDict) -> str:
+  """``config.suite``: "minatar" (gymnax, `plastix.rl.envs`) or "atari" (ale-py,
+  `plastix.rl.atari`); "minatar" where the field is missing."""
+  return config.get("suite", "minatar")
+
+
+def parse_env_name(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  if suite(config) == "atari":
+    return atari.parse_env_name(config.env_name)
+  return envs.parse_env_name(config.env_name)
+
+
+def num_runs(config: ml_collections.ConfigDict) -> int:
+  """Runs the loop vmaps: ``num_seeds`` x grid points."""
+  return int(config.num_seeds) * len(grid_lib.points(config.grid, GRID_FIELDS))
+
+
 def switch_every(config: ml_collections.ConfigDict) -> int:
   """Env steps per game of a ``+`` sequence: ``switch_every_steps``, or when 0
   an equal share of ``total_env_steps`` (rounded down to whole vector steps);
   0 for a single game."""
-  games = envs.parse_env_name(config.env_name)
+  games = parse_env_name(config)
   if len(games) == 1:
     return int(config.switch_every_steps)
   if config.switch_every_steps:
@@ -52,9 +73,40 @@ def switch_every(config: ml_collections.ConfigDict) -> int:
   return share - share % config.num_envs
 
 
-def make_env(config: ml_collections.ConfigDict) -> envs.VecEnv:
+def _atari_env(config: ml_collections.ConfigDict, role: str):
+  a = config.atari
+  train = role == "train"
+  return atari.AtariEnv(
+      config.env_name, int(config.num_envs), num_runs=num_runs(config),
+      sticky_prob=float(config.sticky_prob), switch_every=switch_every(config) if train else 0,
+      episodic_life=bool(a.episodic_life) and train, clip_rewards=bool(a.clip_rewards),
+      noop_max=int(a.noop_max), max_episode_frames=int(a.max_episode_frames),
+      backend=a.backend, role=role, num_threads=int(a.num_threads))
+
+
+def make_env(config: ml_collections.ConfigDict):
+  """The training environments: `envs.VecEnv` (MinAtar) or `atari.AtariEnv`."""
+  if suite(config) == "atari":
+    return _atari_env(config, "train")
   return envs.VecEnv(config.env_name, int(config.num_envs), float(config.sticky_prob),
                      switch_every(config))
+
+
+def make_eval_env(config: ml_collections.ConfigDict):
+  """The evaluation environments (same game and settings, no episodic life,
+  never switching), or None when ``eval_steps`` is 0."""
+  if not config.get("eval_steps", 0):
+    return None
+  if suite(config) == "atari":
+    return _atari_env(config, "eval")
+  return envs.VecEnv(config.env_name, int(config.num_envs), float(config.sticky_prob), 0)
+
+
+def obs_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """One observation's shape, without building the environments."""
+  if suite(config) == "atari":
+    return (84, 84, 4)
+  return (10, 10, 1)
 
 
 def make_agent(config: ml_collections.ConfigDict, num_actions: int):
@@ -69,6 +121,8 @@ def _check_one(config: ml_collections.ConfigDict) -> None:
   """The fields of one resolved config (an intervention applied)."""
   _require(config.agent in agents.AGENTS, "agent", f"choose one of {', '.join(agents.AGENTS)}",
            config.agent)
+  _require(suite(config) in SUITES, "suite", f"choose one of {', '.join(SUITES)}",
+           suite(config))
   for field in ("total_env_steps", "num_envs", "num_seeds", "eval_every_steps",
                 "windows_per_chunk"):
     value = config[field]
@@ -78,12 +132,33 @@ def _check_one(config: ml_collections.ConfigDict) -> None:
   _require(config.total_env_steps % config.eval_every_steps == 0, "total_env_steps",
            f"must be a multiple of eval_every_steps={config.eval_every_steps}",
            config.total_env_steps)
-  games = envs.parse_env_name(config.env_name)
+  games = parse_env_name(config)
   if len(games) > 1 and not config.switch_every_steps:
     _require(switch_every(config) > 0, "switch_every_steps",
              f"total_env_steps={config.total_env_steps} is too short to share between "
              f"{len(games)} games", config.switch_every_steps)
-  envs.check(config.env_name, config.num_envs, config.sticky_prob, switch_every(config))
+  if suite(config) == "atari":
+    a = config.get("atari")
+    _require(a is not None, "atari", "the atari suite needs the atari section of "
+             "configs/rl_atari.py", a)
+    for field in ("episodic_life", "clip_rewards"):
+      _require(isinstance(a[field], bool), f"atari.{field}", "must be True or False", a[field])
+    _require(isinstance(a.num_threads, int) and a.num_threads >= 0, "atari.num_threads",
+             "must be an integer >= 0", a.num_threads)
+    atari.check(config.env_name, config.num_envs, num_runs(config), config.sticky_prob,
+                switch_every(config), a.noop_max, a.max_episode_frames, a.backend)
+  else:
+    envs.check(config.env_name, config.num_envs, config.sticky_prob, switch_every(config))
+  eval_steps = config.get("eval_steps", 0)
+  _require(isinstance(eval_steps, int) and eval_steps >= 0 and eval_steps % config.num_envs == 0,
+           "eval_steps", f"must be a multiple of num_envs={config.num_envs} (0: no evaluation)",
+           eval_steps)
+  if eval_steps:
+    _require(len(games) == 1, "eval_steps", "evaluation phases run on a single game; a "
+             "sequence reports its training episodes (set eval_steps=0)", eval_steps)
+  eval_epsilon = config.get("eval_epsilon", 0.001)
+  _require(isinstance(eval_epsilon, (int, float)) and 0.0 <= eval_epsilon <= 1.0,
+           "eval_epsilon", "must be in [0, 1]", eval_epsilon)
   r = config.replay
   _require(r.buffer_size >= max(config.num_envs, r.batch_size), "replay.buffer_size",
            "must hold at least one vector step and one batch", r.buffer_size)
@@ -102,7 +177,7 @@ def _check_one(config: ml_collections.ConfigDict) -> None:
     _require(0.0 <= ex[field] <= 1.0, f"exploration.{field}", "must be in [0, 1]", ex[field])
   _require(ex.eps_decay_steps >= 1, "exploration.eps_decay_steps", "must be >= 1",
            ex.eps_decay_steps)
-  model = models.create(config.model, 1, (10, 10, 1))  # raises "model.<field>: ..."
+  model = models.create(config.model, 1, obs_shape(config))  # raises "model.<field>: ..."
   o = config.optimizer
   _require(o.name in optim.OPTIMIZERS, "optimizer.name",
            f"choose one of {', '.join(optim.OPTIMIZERS)}", o.name)
@@ -165,6 +240,7 @@ def spec(config: ml_collections.ConfigDict) -> loop.RLSpec:
   env = make_env(config)
   agent = make_agent(config, env.info.num_actions)
   model = models.create(config.model, agent.num_outputs, env.info.obs_shape)
+  eval_env = make_eval_env(config)
   r, td, ex, o, rs = config.replay, config.td, config.exploration, config.optimizer, config.resets
   return loop.RLSpec(
       agent=agent, model=model, env=env,
@@ -179,7 +255,9 @@ def spec(config: ml_collections.ConfigDict) -> loop.RLSpec:
       resets=resets.parse_methods(rs.methods), reset_every_updates=int(rs.period_updates),
       redo_tau=float(rs.redo_tau), shrink=float(rs.shrink), perturb=float(rs.perturb),
       probe_settings=probe_settings(config), probe_batch_size=int(config.probes.batch_size),
-      run_probes=bool(config.probes.enabled))
+      run_probes=bool(config.probes.enabled), eval_env=eval_env,
+      eval_steps=int(config.get("eval_steps", 0)) // int(config.num_envs),
+      eval_epsilon=float(config.get("eval_epsilon", 0.001)))
 
 
 def hparams(config: ml_collections.ConfigDict) -> loop.RLHParams:

@@ -56,7 +56,7 @@ from plastix.rl.agents import Transition
 
 # Independent PRNG streams of each seed's key.
 _INIT_STREAM, _PROBE_ENV_STREAM, _ENV_STREAM, _STEP_STREAM, _RESET_STREAM = 0, 1, 2, 3, 4
-_SHARPNESS_STREAM = 5
+_SHARPNESS_STREAM, _EVAL_STREAM = 5, 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,9 @@ class RLSpec:
   probe_settings: probe_suite.ProbeSettings = probe_suite.ProbeSettings()
   probe_batch_size: int = 256   # fixed probe states (and the fresh replay batch).
   run_probes: bool = True
+  eval_env: Any = None       # evaluation environments (`evaluate`), or None: no evaluation.
+  eval_steps: int = 0        # vector steps of each evaluation phase.
+  eval_epsilon: float = 0.001
 
   @property
   def num_envs(self) -> int:
@@ -127,6 +130,7 @@ class RLState:
   diverged_step: jax.Array   # environment step of the first non-finite loss, or -1.
   num_reset: jax.Array       # units ReDo reset this window (-1 without ReDo).
   game: jax.Array            # index of the game the last vector step played.
+  eval_env_state: Any = None  # the evaluation environments' state (None: no evaluation).
 
 
 class WindowMetrics(NamedTuple):
@@ -150,6 +154,8 @@ class WindowMetrics(NamedTuple):
   game: jax.Array            # index of the game being played (a sequence's position).
   diverged_step: jax.Array
   num_reset: jax.Array
+  eval_return: jax.Array     # mean return of the evaluation episodes that finished (NaN: none).
+  eval_episodes: jax.Array   # their number (0 without evaluation).
 
 
 def optimizer(spec: RLSpec, hp: RLHParams) -> optax.GradientTransformation:
@@ -179,6 +185,12 @@ def epsilon(spec: RLSpec, env_steps) -> jax.Array:
 def probe_states(spec: RLSpec, key) -> jax.Array:
   """``[P, H, W, C]``: P observations of a uniform-random policy in separate
   environments, from the first vector steps (the loop's fixed probe batch)."""
+  return _probe_states(spec, key)[0]
+
+
+def _probe_states(spec: RLSpec, key):
+  """`probe_states` and the environments' state after them (an environment
+  with host state, `_is_stateful`, plays them before the run's own reset)."""
   env = spec.env
   steps = -(-spec.probe_batch_size // env.num_envs)
   obs, state = env.reset(_stream(key, 0))
@@ -190,8 +202,20 @@ def probe_states(spec: RLSpec, key) -> jax.Array:
     new_obs, state, _ = env.step(k_env, state, actions)
     return (new_obs, state), obs
 
-  _, seen = jax.lax.scan(step, (obs, state), jax.random.split(_stream(key, 1), steps))
-  return seen.reshape((-1,) + seen.shape[2:])[:spec.probe_batch_size]
+  (_, state), seen = jax.lax.scan(step, (obs, state),
+                                 jax.random.split(_stream(key, 1), steps))
+  return seen.reshape((-1,) + seen.shape[2:])[:spec.probe_batch_size], state
+
+
+def _is_stateful(env) -> bool:
+  """An environment whose games live outside the program (`plastix.rl.atari`):
+  its `reset` takes the previous state, to order the calls, and every program
+  restarts it."""
+  return bool(getattr(env, "stateful", False))
+
+
+def _reset_env(env, key, state):
+  return env.reset(key, state) if _is_stateful(env) else env.reset(key)
 
 
 def _fast(model: nn.Module) -> nn.Module:
@@ -214,11 +238,15 @@ def _reference(spec: RLSpec, params, model_state, probe_obs) -> tuple:
 def init_state(spec: RLSpec, hp: RLHParams, rng: jax.Array) -> RLState:
   """Fresh network, empty replay, reset environments and the fixed probe states."""
   params, model_state = _fresh_network(spec, _stream(rng, _INIT_STREAM))
-  obs, env_state = spec.env.reset(_stream(rng, _ENV_STREAM))
+  probe_obs, probe_env_state = _probe_states(spec, _stream(rng, _PROBE_ENV_STREAM))
+  obs, env_state = _reset_env(spec.env, _stream(rng, _ENV_STREAM), probe_env_state)
   example = Transition(obs=_stored(obs[0]), action=jnp.zeros([], jnp.int32),
                        reward=jnp.zeros([], jnp.float32), next_obs=_stored(obs[0]),
-                       terminated=jnp.zeros([], jnp.float32))
-  probe_obs = probe_states(spec, _stream(rng, _PROBE_ENV_STREAM))
+                       terminated=jnp.zeros([], jnp.float32),
+                       valid=_valid_example(spec))
+  eval_env_state = None
+  if _evaluates(spec):
+    _, eval_env_state = _reset_env(spec.eval_env, _stream(rng, _EVAL_STREAM), None)
   zero = jnp.zeros([], jnp.float32)
   return RLState(
       params=params, model_state=model_state, target_params=params,
@@ -229,7 +257,16 @@ def init_state(spec: RLSpec, hp: RLHParams, rng: jax.Array) -> RLState:
       reference_means=_reference(spec, params, model_state, probe_obs),
       diverged_step=jnp.full([], -1, jnp.int32),
       num_reset=jnp.full([], -1 if "redo" not in spec.resets else 0, jnp.int32),
-      game=jnp.zeros([], jnp.int32))
+      game=jnp.zeros([], jnp.int32), eval_env_state=eval_env_state)
+
+
+def _valid_example(spec: RLSpec):
+  """Replay stores a validity weight only for environments that report one."""
+  return jnp.ones([], jnp.float32) if getattr(spec.env, "stateful", False) else None
+
+
+def _evaluates(spec: RLSpec) -> bool:
+  return spec.eval_env is not None and spec.eval_steps > 0
 
 
 def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: bool = True,
@@ -250,7 +287,7 @@ def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: b
       next_online = jax.lax.stop_gradient(forward(params, batch.next_obs))
     next_target = forward(target_params, batch.next_obs)
     per_example, td = spec.agent.td_loss(online, next_online, next_target, batch, hp.gamma)
-    value = jnp.mean(per_example)
+    value = _mean(per_example, batch.valid)
     if spec.coupled_l2:
       mask = optim.resolve_mask(optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask], params)
       sq = sum(jnp.sum(jnp.square(p)) for p, m in
@@ -259,6 +296,13 @@ def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: b
     return value, (td, new_state)
 
   return loss
+
+
+def _mean(x: jax.Array, weight) -> jax.Array:
+  """``mean(x)``, or ``sum(w x) / max(sum(w), 1)`` over a batch's validity weights."""
+  if weight is None:
+    return jnp.mean(x)
+  return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 def _update(spec: RLSpec, hp: RLHParams, state: RLState, batch, env_steps):
@@ -326,9 +370,10 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
   obs, env_state, out = spec.env.step(k_env, state.env_state, actions)
   transitions = Transition(obs=_stored(state.obs), action=actions, reward=out.reward,
                            next_obs=_stored(out.next_obs),
-                           terminated=out.terminated.astype(jnp.float32))
-  done = out.terminated | out.truncated
-  episode_return = state.episode_return + out.reward
+                           terminated=out.terminated.astype(jnp.float32),
+                           valid=None if out.valid is None else out.valid.astype(jnp.float32))
+  done, score = _episode_end(out), _score(out)
+  episode_return = state.episode_return + score
   state = state.replace(
       buffer=replay.add(state.buffer, transitions), env_state=env_state, obs=obs,
       game=jnp.asarray(out.game, jnp.int32),
@@ -352,13 +397,24 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
   return _with_bulk(small, state), None
 
 
+def _episode_end(out) -> jax.Array:
+  """Where an episode (a whole game) ended: `StepOut.episode_end`, else terminated | truncated."""
+  return out.terminated | out.truncated if out.episode_end is None else out.episode_end
+
+
+def _score(out) -> jax.Array:
+  """What an episode's return sums: the game's own reward (`StepOut.score`), else the reward."""
+  return out.reward if out.score is None else out.score
+
+
 def _networks_only(state: RLState) -> RLState:
   """`state` without its bulk (replay, environments): what updates and resets change."""
-  return state.replace(buffer=None, env_state=None, obs=None)
+  return state.replace(buffer=None, env_state=None, obs=None, eval_env_state=None)
 
 
 def _with_bulk(small: RLState, state: RLState) -> RLState:
-  return small.replace(buffer=state.buffer, env_state=state.env_state, obs=state.obs)
+  return small.replace(buffer=state.buffer, env_state=state.env_state, obs=state.obs,
+                       eval_env_state=state.eval_env_state)
 
 
 def _stored(obs: jax.Array) -> jax.Array:
@@ -399,13 +455,45 @@ def _probe(spec: RLSpec, hp: RLHParams, state: RLState, window) -> dict:
         lambda: nan)
   else:
     sharpness = nan
-  return dict(td_error=jnp.mean(jnp.abs(td)), q_mean_abs=jnp.mean(jnp.abs(q)),
+  return dict(td_error=_mean(jnp.abs(td), batch.valid), q_mean_abs=jnp.mean(jnp.abs(q)),
               q_max_mean=jnp.mean(jnp.max(q, axis=-1)),
               dead_fraction=found["dead_fraction"], dormant_fraction=found["dormant_fraction"],
               linearized_fraction=found["linearized_fraction"],
               preact_drift=found["preact_drift"], effective_rank=found["effective_rank"],
               srank=found["srank"], param_norm=probes.param_norm(state.params),
               sharpness=sharpness), probe_suite.unit_means(preacts)
+
+
+def evaluate(spec: RLSpec, state: RLState, key):
+  r"""An evaluation phase: ``eval_steps`` vector steps of the evaluation
+  environments, restarted first, acting epsilon-greedily with
+  ``eps = eval_epsilon`` and no learning. Returns the state with the
+  environments' new state and ``(sum of the finished episodes' returns, their
+  number)``; an episode still running at the end is not counted (episodes are
+  capped by the environment's own time limit, 27,000 agent steps on Atari)."""
+  env = spec.eval_env
+  k_reset, k_steps = jax.random.split(key)
+  obs, env_state = _reset_env(env, k_reset, state.eval_env_state)
+  zeros = jnp.zeros((env.num_envs,), jnp.float32)
+
+  def step(carry, k):
+    obs, env_state, running, total, count = carry
+    k_eps, k_random, k_env = jax.random.split(k, 3)
+    q = spec.agent.q_values(_forward(spec, state.params, state.model_state, obs))
+    explore = jax.random.uniform(k_eps, (env.num_envs,)) < spec.eval_epsilon
+    random_actions = jax.random.randint(k_random, (env.num_envs,), 0, q.shape[-1])
+    actions = jnp.where(explore, random_actions, jnp.argmax(q, axis=-1)).astype(jnp.int32)
+    obs, env_state, out = env.step(k_env, env_state, actions)
+    running = running + _score(out)
+    done = _episode_end(out)
+    total = total + jnp.sum(jnp.where(done, running, 0.0))
+    count = count + jnp.sum(done.astype(jnp.float32))
+    return (obs, env_state, jnp.where(done, 0.0, running), total, count), None
+
+  zero = jnp.zeros([], jnp.float32)
+  (_, env_state, _, total, count), _ = jax.lax.scan(
+      step, (obs, env_state, zeros, zero, zero), jax.random.split(k_steps, spec.eval_steps))
+  return state.replace(eval_env_state=env_state), (total, count)
 
 
 PROBE_KEYS = ("td_error", "q_mean_abs", "q_max_mean", "dead_fraction", "dormant_fraction",
@@ -425,6 +513,10 @@ def run_window(spec: RLSpec, hp: RLHParams, state: RLState, window):
   else:
     found = dict.fromkeys(PROBE_KEYS, jnp.float32(jnp.nan))
   nan = jnp.float32(jnp.nan)
+  eval_total, eval_count = jnp.float32(jnp.nan), jnp.zeros([], jnp.float32)
+  if _evaluates(spec):
+    state, (eval_total, eval_count) = evaluate(spec, state,
+                                               _stream(state.rng, _EVAL_STREAM, window))
   metrics = WindowMetrics(
       env_steps=jnp.asarray(env_steps, jnp.int32),
       episode_return=jnp.where(state.episodes > 0,
@@ -434,11 +526,23 @@ def run_window(spec: RLSpec, hp: RLHParams, state: RLState, window):
                      nan),
       epsilon=epsilon(spec, env_steps),
       game=state.game,
-      diverged_step=state.diverged_step, num_reset=state.num_reset, **found)
+      diverged_step=state.diverged_step, num_reset=state.num_reset,
+      eval_return=jnp.where(eval_count > 0, eval_total / jnp.maximum(eval_count, 1), nan),
+      eval_episodes=eval_count, **found)
   zero = jnp.zeros([], jnp.float32)
   state = state.replace(return_sum=zero, episodes=zero, loss_sum=zero, num_updates=zero,
                         num_reset=jnp.where(state.num_reset >= 0, 0, -1).astype(jnp.int32))
   return state, metrics
+
+
+def restart_envs(spec: RLSpec, state: RLState, window) -> RLState:
+  """New episodes in every environment before `window` (for environments
+  with host state, at each program's start: a resumed run then plays the same
+  games as one that never stopped). The unfinished episodes are dropped."""
+  key = _stream(state.rng, _ENV_STREAM, window + 1)
+  obs, env_state = _reset_env(spec.env, key, state.env_state)
+  return state.replace(obs=obs, env_state=env_state,
+                       episode_return=jnp.zeros_like(state.episode_return))
 
 
 def _run_axes(hp: RLHParams):
@@ -462,6 +566,8 @@ def run_windows(states: RLState, hp: RLHParams, *, spec: RLSpec, num_windows: in
   numbers = jnp.asarray(first_window, jnp.int32) + jnp.arange(num_windows, dtype=jnp.int32)
 
   def one_run(state, run_hp):
+    if _is_stateful(spec.env):
+      state = restart_envs(spec, state, numbers[0])
     return jax.lax.scan(lambda s, w: run_window(spec, run_hp, s, w), state, numbers)
 
   return jax.vmap(one_run, in_axes=(0, _run_axes(hp)))(states, hp)

@@ -11,11 +11,18 @@ where ``R_s(w)`` is seed s's mean return of the episodes that finished in
 window w (windows where none finished are left out of a seed's mean); each
 with ``_std``, the standard deviation over seeds (ddof 0), and ``num_seeds``
 and ``num_diverged``.
+
+With evaluation phases (``eval_steps > 0``), ``final_eval_return`` and
+``auc_eval_return`` are the same numbers of ``eval_return`` (the mean return of
+the evaluation episodes, epsilon ``eval_epsilon``). For a game with reference
+scores (Atari, `plastix.rl.atari_scores`), ``<key>_hns`` is the
+human-normalised value of each of these means,
+``(x - random) / (human - random)``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +30,7 @@ from plastix import grid as grid_lib
 from plastix import results as base
 
 SUMMARY_KEYS = ("final_return", "auc_return")
+EVAL_KEYS = ("final_eval_return", "auc_eval_return")
 
 
 def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
@@ -68,34 +76,54 @@ def _std(values: np.ndarray) -> float | None:
   return float(values.std()) if values.size else None
 
 
-def summarize(rows: Sequence[dict], conditions: Sequence[str]) -> dict:
-  """summary.json: per condition, the module docstring's numbers."""
+def _final_and_auc(returns: np.ndarray, bad: np.ndarray, name: str) -> dict:
+  healthy = returns[~bad]
+  final = healthy[:, -1] if healthy.size else np.zeros(0)
+  auc = np.array([np.nan if (m := _finite_mean(r)) is None else m for r in healthy])
+  return {f"final_{name}": _finite_mean(final), f"final_{name}_std": _std(final),
+          f"auc_{name}": _finite_mean(auc), f"auc_{name}_std": _std(auc)}
+
+
+def summarize(rows: Sequence[dict], conditions: Sequence[str],
+              normalize: Callable[[float], float | None] | None = None) -> dict:
+  """summary.json: per condition, the module docstring's numbers; `normalize`
+  maps a return to its human-normalised score (None: no ``_hns`` keys)."""
   out = {}
+  evaluated = any(r.get("eval_episodes", 0) for r in rows)
   for condition in conditions:
     _, returns = curves(rows, condition, "episode_return")
     _, diverged = curves(rows, condition, "diverged_step")
     if not returns.size:
       continue
     bad = np.any(diverged >= 0, axis=1)
-    healthy = returns[~bad]
-    final = healthy[:, -1] if healthy.size else np.zeros(0)
-    auc = np.array([np.nan if (m := _finite_mean(r)) is None else m for r in healthy])
-    out[condition] = {
-        "final_return": _finite_mean(final), "final_return_std": _std(final),
-        "auc_return": _finite_mean(auc), "auc_return_std": _std(auc),
-        "num_seeds": int(returns.shape[0]), "num_diverged": int(bad.sum()),
-    }
+    entry = _final_and_auc(returns, bad, "return")
+    keys = SUMMARY_KEYS
+    if evaluated:
+      entry.update(_final_and_auc(curves(rows, condition, "eval_return")[1], bad,
+                                  "eval_return"))
+      keys = keys + EVAL_KEYS
+    if normalize is not None:
+      for key in keys:
+        entry[f"{key}_hns"] = None if entry[key] is None else normalize(entry[key])
+    out[condition] = {**entry, "num_seeds": int(returns.shape[0]),
+                      "num_diverged": int(bad.sum())}
   return out
 
 
 def format_table(summary: dict) -> str:
-  """The summary as a plain-text table (mean ± std over seeds)."""
+  """The summary as a plain-text table (mean ± std over seeds; the evaluation
+  and human-normalised columns when the summary has them)."""
   cell = lambda m, s: "-" if m is None else (f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}")
+  first = next(iter(summary.values()), {})
+  keys = [k for k in SUMMARY_KEYS + EVAL_KEYS if k in first]
+  hns = [f"{k}_hns" for k in keys if f"{k}_hns" in first]
   width = max([len("condition")] + [len(c) for c in summary])
-  lines = [f"{'condition':<{width}}  {'final_return':>16}  {'auc_return':>16}  diverged"]
+  lines = [f"{'condition':<{width}}  " + "  ".join(f"{k:>17}" for k in keys)
+           + "".join(f"  {k:>21}" for k in hns) + "  diverged"]
   for condition, s in summary.items():
-    lines.append(f"{condition:<{width}}  {cell(s['final_return'], s['final_return_std']):>16}  "
-                 f"{cell(s['auc_return'], s['auc_return_std']):>16}  "
-                 f"{s['num_diverged']}/{s['num_seeds']}")
+    lines.append(f"{condition:<{width}}  "
+                 + "  ".join(f"{cell(s[k], s[f'{k}_std']):>17}" for k in keys)
+                 + "".join(f"  {cell(s[k], None):>21}" for k in hns)
+                 + f"  {s['num_diverged']}/{s['num_seeds']}")
   return "\n".join(lines)
 

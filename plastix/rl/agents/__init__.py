@@ -20,7 +20,7 @@ module here plus one entry.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
@@ -35,6 +35,8 @@ class Transition(NamedTuple):
   reward: jax.Array      # float32
   next_obs: jax.Array    # the observation the action led to (before any reset)
   terminated: jax.Array  # float32: 1 where the episode ended by the game (no bootstrap)
+  valid: Any = None      # float32 weight in the losses: 0 for a step that joins two
+                         #   episodes (`plastix.rl.envs.StepOut.valid`); None: all 1.
 
 
 AGENTS = {"dqn": DQN, "c51": C51}

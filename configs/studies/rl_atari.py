@@ -1,0 +1,46 @@
+r"""Plasticity in reinforcement learning on Atari: C51 with and without LayerNorm.
+
+The paper's headline RL evidence: C51 and Rainbow on the Arcade Learning
+Environment, where LayerNorm on the preactivations of the hidden layers gave
+modest but consistent gains. This study runs C51 (the Nature DQN torso) with
+the baseline and LayerNorm on a handful of games, each a cell.
+
+  python -m experiments.study --config=configs/studies/rl_atari.py:cpu --workdir=DIR
+
+``cpu`` is `configs/rl_atari.py:cpu` on Pong, Breakout and SpaceInvaders: one
+seed, 50k agent steps (200k frames) per game, about an hour on a 2-core CPU.
+It is a smoke-scale check that the agents, probes and evaluation run on real
+Atari; at 1% of a single published run's frames it cannot show plasticity loss
+or the paper's LayerNorm gains. ``paper`` is the paper's protocol
+(`configs/rl_atari.py:paper`, 200M frames a game, 3 seeds) on the same games,
+for an accelerator.
+"""
+
+import ml_collections
+
+from configs import rl_atari
+from configs.studies import common
+
+
+def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
+  if scale not in common.SCALES:
+    raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(common.SCALES)}")
+  config = rl_atari.get_config(scale)
+  config.name = "rl_atari"
+  config.interventions = "baseline,layer_norm"
+  config.study = ml_collections.ConfigDict()
+  config.study.name = "rl_atari"
+  config.study.scale = scale
+  config.study.title = "C51 on Atari: LayerNorm"
+  config.study.description = (
+      "C51 (the Nature DQN torso, 51 atoms, target network, replay, sticky actions 0.25) on "
+      "Pong, Breakout and SpaceInvaders with and without LayerNorm on the preactivations of "
+      "every hidden layer. The paper: LayerNorm gives value-based agents on Atari modest but "
+      "consistent gains.")
+  config.study.sweeps = ""
+  config.study.cells = ml_collections.ConfigDict()
+  cells = config.study.cells
+  cells.a_pong = "env_name=Pong"
+  cells.b_breakout = "env_name=Breakout"
+  cells.c_space_invaders = "env_name=SpaceInvaders"
+  return config
