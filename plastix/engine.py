@@ -16,7 +16,10 @@ decay) share one program.
 
 The spec and pytrees are defined in `plastix.engine_types` (and re-exported
 here), the losses in `plastix.objectives`, and `plastix.from_config` builds the
-engine's arguments from a config.
+engine's arguments from a config. Whatever differs between classification,
+regression and the contextual bandit is asked of ``spec.learner``
+(`plastix.learners`), so the loop, probes, resets and interventions here serve
+every learner.
 """
 
 from __future__ import annotations
@@ -61,9 +64,8 @@ def _optimizer(spec: EngineSpec, hp: HParams) -> optax.GradientTransformation:
 
 
 def _shift(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.Shift:
-  images = (objectives.model_inputs(data.images, data) if spec.objective == "regression"
-            else None)
-  ctx = shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps, images=images,
+  ctx = shifts.ShiftContext(data.labels, spec.num_classes, hp.shift_eps,
+                            images=spec.learner.task_inputs(data),
                             image_shape=spec.image_shape, params=spec.shift_params)
   return shifts.make_shift(spec.shift, ctx, spec.input_dim, spec.random_initial_labels)
 
@@ -82,7 +84,7 @@ def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -
                     task=task, task_index=zero, step_index=zero, rng=rng,
                     reference_means=_reference_means(spec, params, model_state, task, data),
                     initial_layer_norms=probes.layer_param_norms(params),
-                    target_params=params if spec.objective == "bandit" else None,
+                    learner_state=spec.learner.init_state(params),
                     diverged_task=minus_one, diverged_step=minus_one)
 
 
@@ -105,7 +107,9 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState,
                key: jax.Array, idx: jax.Array | None = None):
-  """One optimizer step on a uniformly sampled minibatch; returns (state, (loss, accuracy)).
+  """One optimizer step on a uniformly sampled minibatch, then the learner's own
+  work (`plastix.learners.Learner.after_step`: the bandit's target-network
+  sync); returns (state, (loss, accuracy)).
 
   `idx` is the minibatch's example indices,
   ``objectives.sample_indices(spec, key, state.task, data)`` when not given
@@ -141,12 +145,7 @@ def train_step(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState
   state = _mark_diverged(state, newly_diverged, state.step_index).replace(
       params=keep(params, state.params), opt_state=opt_state,
       model_state=keep(model_state, state.model_state), step_index=state.step_index + 1)
-  if spec.objective == "bandit":
-    step = state.task_index * spec.steps_per_task + state.step_index
-    sync = step % spec.target_update_period == 0
-    state = state.replace(target_params=jax.tree.map(
-        lambda p, t: jnp.where(sync, p, t), state.params, state.target_params))
-  return state, (loss, accuracy)
+  return spec.learner.after_step(spec, state), (loss, accuracy)
 
 
 def _reference_means(spec: EngineSpec, params, model_state, task: shifts.Task,
@@ -169,11 +168,12 @@ def _probe_outputs(spec: EngineSpec, params, model_state, task: shifts.Task, dat
 
 
 def _probe_batch(spec: EngineSpec, task: shifts.Task, data: TrainData):
-  """``(x, y)`` of the probe batch under `task`: labels, or regression targets."""
+  """``(x, y)`` of the probe batch under `task`: y the labels or regression
+  targets, as the learner scores them (`plastix.learners.Learner.targets`)."""
   x, labels, targets = shifts.apply_task(
       task, objectives.model_inputs(data.images[data.probe_index], data), data.probe_index,
       shifts.permutes_inputs(spec.shift))
-  return x, (targets if spec.objective == "regression" else labels)
+  return x, spec.learner.targets(labels, targets)
 
 
 FIRST_LAYERS = {"MLP": "dense_0", "CNN": "conv_0", "ResNet": "stem_conv", "ViT": "patch_embed"}
@@ -354,17 +354,14 @@ FINAL_FIT_KEYS = ("final_fit_accuracy", "final_fit_accuracy_new_network", "final
 
 
 def final_fit_task(spec: EngineSpec, hp: HParams, key: jax.Array,
-                   data: TrainData) -> shifts.Task:
-  """The fresh task of the final fit: task 0's structure (no input transform,
-  every example in play) with fresh uniform labels for every example, or for a
-  regression fresh random targets with no offset; from `key` alone, so every
+                   data: TrainData) -> shifts.Task | None:
+  """The fresh task of the final fit, the learner's
+  (`plastix.learners.Learner.final_fit_task`): task 0's structure (no input
+  transform, every example in play) with fresh uniform labels for every
+  example, or for a regression fresh random targets with no offset; None for a
+  learner without a final fit (the bandit). From `key` alone, so every
   condition of a seed fits the same task."""
-  ctx = _shift(spec, hp, data).ctx
-  if spec.objective == "regression":
-    params = dataclasses.replace(spec.shift_params, target_offset=0.0)
-    return shifts.initial_task(key, ctx._replace(params=params), spec.input_dim, False,
-                               "random_targets", params.target_dim)
-  return shifts.initial_task(key, ctx, spec.input_dim, True, "", 1)
+  return spec.learner.final_fit_task(spec, _shift(spec, hp, data).ctx, key)
 
 
 def final_fit(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState) -> dict:
@@ -382,12 +379,12 @@ def final_fit(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState)
     final_fit_accuracy_new_network (the fresh one),
 
   and ``final_fit_loss``, ``final_fit_loss_new_network`` likewise (accuracies
-  are NaN for a regression). The contextual bandit has no such task: NaN.
+  are NaN for a regression). A learner without such a task (the contextual
+  bandit, `final_fit_task` None): NaN.
   """
-  nan = jnp.float32(jnp.nan)
-  if spec.objective == "bandit":
-    return dict.fromkeys(FINAL_FIT_KEYS, nan)
   task = final_fit_task(spec, hp, _stream(state.rng, _FINAL_STREAM, 0), data)
+  if task is None:
+    return dict.fromkeys(FINAL_FIT_KEYS, jnp.float32(jnp.nan))
   steps = spec.final_fit_steps
   window = max(1, int(round(steps * spec.accuracy_steps / spec.steps_per_task)))
   step_keys = jax.random.split(_stream(state.rng, _FINAL_STREAM, 1), steps)
@@ -458,8 +455,9 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
   optimizer state, normalisation statistics and a target network): ReDo
   scores the units on the probe batch at ``redo_tau``; shrink-and-perturb
   uses ``shrink`` and ``perturb``; the fresh layers come from the seed's reset
-  stream at this task. The contextual bandit's target network follows the
-  resets that re-initialise whole layers (``head_reset``, ``full_reset``).
+  stream at this task. A learner's target network
+  (`plastix.learners.Learner.target_network`: the contextual bandit's) follows
+  the resets that re-initialise whole layers (``head_reset``, ``full_reset``).
 
   A diverged seed is left alone. Returns ``(state, units reset by ReDo or -1)``.
   """
@@ -472,13 +470,15 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
   layers = models.redo_layers(spec.model) if "redo" in spec.resets else None
   ctx = resets.ResetContext(_optimizer(spec, hp), fresh_params, fresh_model_state, layers,
                             activations, spec.redo_tau, spec.shrink, spec.perturb)
-  nets = resets.Networks(state.params, state.opt_state, state.model_state, state.target_params)
+  nets = resets.Networks(state.params, state.opt_state, state.model_state,
+                         spec.learner.target_network(state.learner_state))
   new, num_reset = resets.apply_named(spec.resets, nets, ctx)
   due = ((state.task_index + 1) % spec.reset_period == 0) & ~state.diverged
   pick = lambda n, o: jax.tree.map(lambda a, b: jnp.where(due, a, b), n, o)
   new = pick(new, nets)
-  state = state.replace(params=new.params, opt_state=new.opt_state,
-                        model_state=new.model_state, target_params=new.target_params)
+  state = state.replace(
+      params=new.params, opt_state=new.opt_state, model_state=new.model_state,
+      learner_state=spec.learner.with_target_network(state.learner_state, new.target_params))
   if "redo" not in spec.resets:
     return state, jnp.full([], -1, jnp.int32)
   return state, jnp.where(due, num_reset, 0)

@@ -4,13 +4,15 @@
 program); `HParams` the traced hyperparameters (vmappable over a grid);
 `TrainData` the training set and probe batch as device arrays; `TrainState` one
 run's whole state; `TaskMetrics` what every task reports. `plastix.engine`
-re-exports all five.
+re-exports all five. What a learner (`plastix.learners`) keeps of its own is in
+``EngineSpec.learner`` (static settings), ``HParams.learner`` (traced) and
+``TrainState.learner_state``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -35,21 +37,17 @@ class EngineSpec:
   accuracy_steps: int  # the last steps of each task averaged into train_accuracy.
   random_initial_labels: bool
   probe_settings: probe_suite.ProbeSettings
+  # The supervised learner (`plastix.learners.Learner`: classification,
+  # regression or the contextual bandit) with its static settings.
+  learner: Any
   run_probes: bool = True  # False: probe metrics NaN (integer counts -1), to time training alone.
   shift_params: shifts.ShiftParams = shifts.ShiftParams()
   image_shape: tuple[int, ...] = ()  # (H, W, C) of one example.
-  loss: str = "cross_entropy"  # see `from_config.loss_name` and `objectives.task_loss`.
-  label_smoothing: float = 0.0
-  bandit_epsilon: float = 0.1      # contextual_bandit: epsilon-greedy exploration.
-  target_update_period: int = 100  # contextual_bandit: steps between target-network syncs.
   # Regularisers whose strengths are traced `HParams`: on when True.
   coupled_l2: bool = False         # loss += (l2 / 2) ||p||^2 over the decay mask.
   grad_norm_penalty: bool = False  # loss += grad_norm_penalty * ||grad loss||^2.
   l2_init: bool = False            # gradient += l2_init * (p - p_0) (optim.l2_init).
   normalize_and_project: bool = False  # kernels projected to their init norm each step.
-  # Distributional regression heads: "two_hot" / "hl_gauss" over this support.
-  support: tuple[float, ...] = ()
-  hl_gauss_sigma: float = 0.75     # in units of the support's bin width.
   # Resets at task ends, in order, every `reset_period` tasks.
   resets: tuple[str, ...] = ()
   reset_period: int = 1
@@ -71,8 +69,8 @@ class EngineSpec:
 
   @property
   def objective(self) -> str:
-    """"classification", "regression" or "bandit" (see `shifts.objective`)."""
-    return shifts.objective(self.shift)
+    """The learner's name: "classification", "regression" or "bandit"."""
+    return self.learner.name
 
 
 @flax.struct.dataclass
@@ -84,10 +82,10 @@ class HParams:
   b2: jax.Array
   eps: jax.Array
   shift_eps: jax.Array
-  gamma: jax.Array  # contextual_bandit: discount of the TD target.
   l2: jax.Array = 0.0                 # coupled L2 strength (spec.coupled_l2).
   grad_norm_penalty: jax.Array = 0.0  # (spec.grad_norm_penalty).
   l2_init: jax.Array = 0.0            # (spec.l2_init).
+  learner: Any = None  # the learner's traced settings (the bandit's gamma); None if none.
 
 
 @flax.struct.dataclass
@@ -120,7 +118,7 @@ class TrainState:
   rng: jax.Array         # the seed's key; per-task keys are folded from it.
   reference_means: tuple  # per layer, each unit's mean preactivation at the task's start.
   initial_layer_norms: dict  # module name -> parameter norm at initialisation.
-  target_params: dict | None  # contextual_bandit: the TD target network; else None.
+  learner_state: Any     # the learner's own (the bandit's target network); None if none.
   # Where the seed first produced a non-finite loss (checked every step) or
   # non-finite parameters (checked at the end of every task); -1: never. From
   # then on the seed's parameters are frozen (no update is applied; its

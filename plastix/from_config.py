@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from plastix import data as data_lib
+from plastix import learners
 from plastix import models
 from plastix import probe_suite
 from plastix import resets
@@ -146,32 +147,10 @@ def shift_params(config: ml_collections.ConfigDict) -> shifts.ShiftParams:
 
 
 def num_outputs(config: ml_collections.ConfigDict, num_classes: int) -> int:
-  """The model's outputs: ``target_dim`` (times the support's bins for a
-  distributional loss) for regression targets, else the classes."""
-  if shifts.objective(config.shift) == "regression":
-    bins = config.loss.num_bins if loss_name(config) in DISTRIBUTIONAL_LOSSES else 1
-    return int(config.shift_params.target_dim) * int(bins)
-  return num_classes
-
-
-DISTRIBUTIONAL_LOSSES = ("two_hot", "hl_gauss")
-DEFAULT_LOSSES = {"classification": "cross_entropy", "regression": "mse", "bandit": "td"}
-
-
-def loss_name(config: ml_collections.ConfigDict) -> str:
-  """``config.loss.name``, with "auto" resolved by the shift's objective
-  (cross_entropy, mse, or the bandit's TD loss)."""
-  if config.loss.name == "auto":
-    return DEFAULT_LOSSES[shifts.objective(config.shift)]
-  return config.loss.name
-
-
-def support(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-  """The distributional losses' atoms: ``num_bins`` evenly spaced in [support_min, support_max]."""
-  if loss_name(config) not in DISTRIBUTIONAL_LOSSES:
-    return ()
-  atoms = np.linspace(config.loss.support_min, config.loss.support_max, config.loss.num_bins)
-  return tuple(float(a) for a in atoms)
+  """The model's outputs, as the shift's learner reads them: ``target_dim``
+  (times the support's bins for a distributional loss) for regression targets,
+  else the classes."""
+  return learners.for_shift(config.shift).num_outputs(config, num_classes)
 
 
 def reset_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -193,16 +172,12 @@ def engine_spec(config: ml_collections.ConfigDict, num_classes: int,
       accuracy_steps=accuracy_steps(config),
       random_initial_labels=shifts.initial_labels_random(config.shift,
                                                          config.shift_params.initial_labels),
-      probe_settings=probe_settings(config),
+      probe_settings=probe_settings(config), learner=learners.make(config),
       run_probes=bool(config.probes.enabled),
       shift_params=shift_params(config), image_shape=tuple(image_shape),
-      loss=loss_name(config), label_smoothing=float(config.loss.label_smoothing),
-      bandit_epsilon=float(config.shift_params.bandit_epsilon),
-      target_update_period=int(config.shift_params.target_update_period),
       coupled_l2=config.loss.l2 > 0, grad_norm_penalty=config.loss.grad_norm_penalty > 0,
       l2_init=config.optimizer.l2_init > 0,
       normalize_and_project=bool(config.optimizer.normalize_and_project),
-      support=support(config), hl_gauss_sigma=float(config.loss.hl_gauss_sigma),
       resets=reset_names(config), reset_period=int(r.period_tasks),
       redo_tau=float(r.redo_tau), shrink=float(r.shrink), perturb=float(r.perturb),
       parallel_runs=int(config.get("parallel_runs", 0)),
@@ -233,14 +208,16 @@ def accuracy_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def hparams(config: ml_collections.ConfigDict) -> HParams:
-  """The traced hyperparameters of a (resolved) config, float32 scalars."""
+  """The traced hyperparameters of a (resolved) config, float32 scalars; those
+  of the shift's learner (the bandit's gamma) from the learner."""
   o = config.optimizer
   f = lambda v: jnp.asarray(v, jnp.float32)
   return HParams(learning_rate=f(o.learning_rate), weight_decay=f(o.weight_decay),
                  b1=f(o.b1), b2=f(o.b2), eps=f(o.eps),
-                 shift_eps=f(config.shift_params.eps), gamma=f(config.shift_params.gamma),
+                 shift_eps=f(config.shift_params.eps),
                  l2=f(config.loss.l2), grad_norm_penalty=f(config.loss.grad_norm_penalty),
-                 l2_init=f(o.l2_init))
+                 l2_init=f(o.l2_init),
+                 learner=learners.for_shift(config.shift).hparams(config))
 
 
 def stack_hparams(points: list[HParams], repeats: int = 1) -> HParams:

@@ -75,12 +75,11 @@ save_figure = _save  # The public name, for modules that draw their own figures.
 
 
 def chance_accuracy(shift: str, num_classes: int) -> float | None:
-  """The accuracy of guessing, ``1 / num_classes``, for a classification shift
-  (`shifts.objective`); None for a regression or the bandit."""
-  from plastix import shifts  # pylint: disable=g-import-not-at-top  (it imports JAX)
-  if shifts.objective(shift) != "classification" or num_classes < 1:
-    return None
-  return 1.0 / num_classes
+  """The accuracy of guessing as the shift's learner defines it
+  (`plastix.learners.Learner.chance_accuracy`): ``1 / num_classes`` for a
+  classification; None for a regression or the bandit."""
+  from plastix import learners  # pylint: disable=g-import-not-at-top  (it imports JAX)
+  return learners.for_shift(shift).chance_accuracy(num_classes)
 
 
 def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

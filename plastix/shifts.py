@@ -61,9 +61,11 @@ Shifts (names usable in configs; parameters are ``config.shift_params``):
                       (regression targets, or one-hot targets under the MSE
                       loss) by ``scale_growth ** t``.
 ``contextual_bandit`` Makes the task a contextual bandit on the image labels
-                      (reward 1 for the right class), trained with a DQN-style
-                      TD target with discount ``gamma`` (see the engine); the
-                      labels keep shifting with the other parts.
+                      (reward 1 for the right class): it leaves the task as it
+                      is and selects the bandit learner
+                      (`plastix.learners.bandit`: a DQN-style TD target with
+                      discount ``gamma``); the labels keep shifting with the
+                      other parts.
 ``gradual``           Gradual drift: instead of switching at the task boundary,
                       each example's label, target and target scale, and each
                       input position's source pixel and noise offset, moves
@@ -343,7 +345,7 @@ def target_scale(key, task_index, base: Task, ctx: ShiftContext) -> Task:
 
 
 def contextual_bandit(key, task_index, base: Task, ctx: ShiftContext) -> Task:
-  """Marks the sequence as a contextual bandit; the task itself is unchanged."""
+  """Marks the sequence as a contextual bandit (`objective`); the task itself is unchanged."""
   del key, task_index, ctx
   return base
 
@@ -382,7 +384,6 @@ SHIFTS: dict[str, ShiftFn] = {
 SCHEDULED = frozenset({"noisy_labels", "class_incremental", "growing_examples",
                        "random_targets", "target_scale"})
 INPUT_SHIFTS = frozenset({"pixel_permutation", "rotation_flip"})  # change input_perm.
-OBJECTIVES = ("classification", "regression", "bandit")
 INITIAL_LABELS = ("auto", "true", "random")
 # Shifts whose meaning is a map of the dataset's classes: they need true labels.
 CLASS_SHIFTS = frozenset({"class_permutation", "noisy_labels", "class_incremental"})
@@ -428,13 +429,20 @@ def check_initial_labels(name: str, initial_labels: str) -> None:
 
 
 def objective(name: str) -> str:
-  """"regression" with random_targets, "bandit" with contextual_bandit, else "classification"."""
+  """The name of the learner (`plastix.learners.LEARNERS`) a sequence of shift
+  `name` trains: "regression" with random_targets, "bandit" with
+  contextual_bandit, else "classification"."""
   parts = parse_shift(name)
   if "random_targets" in parts:
     return "regression"
   if "contextual_bandit" in parts:
     return "bandit"
   return "classification"
+
+
+def has_targets(name: str) -> bool:
+  """Whether shift `name` gives each task regression targets (random_targets)."""
+  return "random_targets" in parse_shift(name)
 
 
 GROWING = frozenset({"class_incremental", "growing_examples"})  # change the examples in play.
@@ -613,7 +621,7 @@ class Shift:
   def init(self, key: jax.Array) -> Task:
     """Task 0 (see `initial_task`)."""
     # Without regression targets one unused column (checkpoints cannot hold empty arrays).
-    target_dim = self.ctx.params.target_dim if objective(self.name) == "regression" else 1
+    target_dim = self.ctx.params.target_dim if has_targets(self.name) else 1
     return initial_task(key, self.ctx, self.input_dim, self.random_initial_labels,
                         self.name, target_dim)
 
@@ -630,7 +638,7 @@ class Shift:
     del y
     x, labels, targets = apply_task(task, x, index, permutes_inputs(self.name), step,
                                     is_gradual(self.name), adds_noise(self.name))
-    return x, (targets if objective(self.name) == "regression" else labels)
+    return x, (targets if has_targets(self.name) else labels)
 
 
 def make_shift(name: str, ctx: ShiftContext, input_dim: int,

@@ -1,65 +1,31 @@
 """Config checks that run before anything is loaded or compiled.
 
 `validate(config)` raises `ConfigError` naming the offending field, so that an
-entry point can print one line and exit with status 2.
+entry point can print one line and exit with status 2. The fields a learner
+reads are checked by the learner itself (`plastix.learners.check`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from plastix import config_errors
 from plastix import data as data_lib
 from plastix import grid as grid_lib
 from plastix import interventions
+from plastix import learners
 from plastix import models
 from plastix import optim
 from plastix import resets
 from plastix import shifts
 from plastix.data import preprocess
+from plastix.learners import regression
 
-LOSSES = {"classification": ("auto", "cross_entropy", "mse"),
-          "regression": ("auto", "mse", "two_hot", "hl_gauss"),
-          "bandit": ("auto",)}  # "auto": cross_entropy, mse, and the bandit's TD loss.
 REDO_MODELS = ("mlp", "cnn")
 
-
-class ConfigError(ValueError):
-  """A config field has an invalid value."""
-
-  def __init__(self, field: str, message: str):
-    super().__init__(f"config.{field}: {message}")
-    self.field = field
-
-
-def _get(config, field):
-  node = config
-  for part in field.split("."):
-    if part not in node:
-      raise ConfigError(field, "missing")
-    node = node[part]
-  return node
-
-
-def _check(config, field, ok, message):
-  value = _get(config, field)
-  try:
-    good = ok(value)
-  except TypeError:
-    good = False
-  if not good:
-    raise ConfigError(field, f"{message} (got {value!r})")
-
-
-def _positive_int(v):
-  return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _int(v):
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _in(options):
-  return lambda v: v in options
+ConfigError = config_errors.ConfigError  # A config field has an invalid value.
+_get, _check = config_errors.get, config_errors.check
+_positive_int, _int, _in = config_errors.positive_int, config_errors.integer, config_errors.one_of
 
 
 def _check_name(config, field, parse):
@@ -128,31 +94,12 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
   _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "must be in [0, 1)")
   _check(config, "optimizer.eps", lambda v: v > 0, "must be > 0")
   _validate_shift_params(config)
-  objective = shifts.objective(config.shift)
-  losses = LOSSES[objective]
-  _check(config, "loss.name", _in(losses), f"choose one of {', '.join(losses)} for "
-         f"{objective} (shift {config.shift!r})")
-  _check(config, "loss.label_smoothing", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-  if config.loss.label_smoothing and (objective != "classification"
-                                      or config.loss.name == "mse"):
-    why = {"bandit": f"shift {config.shift!r} trains a squared TD error",
-           "regression": f"shift {config.shift!r} is a regression"}.get(
-               objective, f"loss.name is {config.loss.name!r}")
-    raise ConfigError("loss.label_smoothing", "applies to a classification cross-entropy "
-                      f"only, and {why}; set it to 0")
-  _check(config, "loss.num_bins", lambda v: _positive_int(v) and v >= 2,
-         "must be an integer >= 2")
-  _check(config, "loss.support_max", lambda v: v > config.loss.support_min,
-         "must be larger than loss.support_min")
-  _check(config, "loss.hl_gauss_sigma", lambda v: v > 0, "must be > 0")
-  _validate_support(config)
+  # The learners' own fields (loss.name, label smoothing, the distributional
+  # support, the bandit's settings) and how the config fits the shift's learner.
+  learners.check(config)
   for field in ("loss.l2", "loss.grad_norm_penalty", "optimizer.l2_init"):
     _check(config, field, lambda v: v >= 0, "must be >= 0")
   _validate_resets(config)
-  if "target_scale" in shifts.parse_shift(config.shift) and (
-      shifts.objective(config.shift) == "classification" and config.loss.name != "mse"):
-    raise ConfigError("loss.name", "target_scale scales one-hot targets, so classification "
-                      f"needs loss.name = 'mse' (got {config.loss.name!r})")
   _check(config, "probes.dormant_tau", lambda v: v >= 0, "must be >= 0")
   _check(config, "probes.srank_delta", lambda v: 0 < v < 1, "must be in (0, 1)")
   _check(config, "probes.linearized_threshold", lambda v: v >= 0, "must be >= 0")
@@ -180,49 +127,10 @@ def _validate_fields(config: ml_collections.ConfigDict) -> None:
              "must be at most probes.batch_size")
 
 
-# A distributional head's support must hold its targets' mean +- this many std.
-SUPPORT_STDS = 3.0
-
-
-def target_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """``(low, high)``: where a regression sequence's targets lie, each task's
-  mean ``c_t`` plus or minus `SUPPORT_STDS` of its standard deviation.
-
-  Task t's targets have mean ``c_t`` (``target_offset`` for the first
-  ``offset_tasks`` tasks, 0 after) and standard deviation ``target_scale``,
-  times ``scale_growth ** t`` under a ``target_scale`` shift (see
-  `plastix.shifts.regression_targets`). Standardised targets of N examples can
-  reach ``sqrt(N - 1)`` standard deviations; beyond `SUPPORT_STDS` they are
-  rare (0.3% of a Gaussian), and the engine counts the ones a support clips
-  (``target_clipped_fraction``).
-  """
-  sp = config.shift_params
-  tasks = range(config.num_tasks)
-  growth = sp.scale_growth if "target_scale" in shifts.parse_shift(config.shift) else 1.0
-  low = high = None
-  for t in tasks:
-    c = sp.target_offset if t < sp.offset_tasks else 0.0
-    half = SUPPORT_STDS * sp.target_scale * growth ** t
-    low = c - half if low is None else min(low, c - half)
-    high = c + half if high is None else max(high, c + half)
-  return float(low), float(high)
-
-
-def _validate_support(config: ml_collections.ConfigDict) -> None:
-  """A two-hot / HL-Gauss support must cover the targets (else they are clipped)."""
-  if (shifts.objective(config.shift) != "regression"
-      or config.loss.name not in ("two_hot", "hl_gauss")):
-    return
-  low, high = target_range(config)
-  lo, hi = config.loss.support_min, config.loss.support_max
-  if low < lo or high > hi:
-    raise ConfigError(
-        "loss.support_min" if low < lo else "loss.support_max",
-        f"the {config.loss.name} support [{lo:g}, {hi:g}] does not cover the targets, "
-        f"which reach [{low:g}, {high:g}] (each task's mean +- {SUPPORT_STDS:g} std: "
-        "shift_params.target_offset, target_scale, scale_growth); targets outside the "
-        f"support are clipped, so set loss.support_min <= {low:g} and "
-        f"loss.support_max >= {high:g}")
+# Where a regression's targets lie, which a distributional support must cover
+# (see `plastix.learners.regression`).
+SUPPORT_STDS = regression.SUPPORT_STDS
+target_range = regression.target_range
 
 
 def _validate_resets(config: ml_collections.ConfigDict) -> None:
@@ -247,13 +155,12 @@ def _validate_resets(config: ml_collections.ConfigDict) -> None:
 
 def _validate_shift_params(config: ml_collections.ConfigDict) -> None:
   for field in ("target_dim", "target_width", "target_depth", "drift_steps",
-                "target_update_period", "classes_per_task"):
+                "classes_per_task"):
     _check(config, f"shift_params.{field}", _positive_int, "must be a positive integer")
   _check(config, "shift_params.classes_first", _positive_int, "must be a positive integer")
   _check(config, "shift_params.offset_tasks", lambda v: isinstance(v, int) and v >= 0,
          "must be an integer >= 0")
-  for field in ("noise_start", "noise_end", "bandit_epsilon", "examples_first",
-                "examples_per_task"):
+  for field in ("noise_start", "noise_end", "examples_first", "examples_per_task"):
     _check(config, f"shift_params.{field}", lambda v: 0 <= v <= 1, "must be in [0, 1]")
   _check(config, "shift_params.examples_first", lambda v: v > 0, "must be > 0")
   for field in ("noise_std", "target_omega", "target_scale"):
@@ -261,7 +168,6 @@ def _validate_shift_params(config: ml_collections.ConfigDict) -> None:
   _check(config, "shift_params.scale_growth", lambda v: v > 0, "must be > 0")
   _check(config, "shift_params.target_offset", lambda v: abs(v) < float("inf"),
          "must be a finite number")
-  _check(config, "shift_params.gamma", lambda v: 0 <= v < 1, "must be in [0, 1)")
   if shifts.is_gradual(config.shift):
     # Every example and input position must have switched before the task ends,
     # or the next switch would call "previous" a task some examples never saw.

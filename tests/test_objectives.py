@@ -24,7 +24,8 @@ def test_td_loss_by_hand():
   data, _, spec, hp = _spec(config)
   state = engine.init_state(spec, hp, data, jax.random.PRNGKey(0))
   # A target network different from the online one.
-  state = state.replace(target_params=jax.tree.map(lambda p: 2.0 * p, state.params))
+  state = state.replace(learner_state=state.learner_state.replace(
+      target_params=jax.tree.map(lambda p: 2.0 * p, state.params)))
   shift = engine._shift(spec, hp, data)
   idx = jnp.arange(8)
   x, y = shift.apply(state.task, data.images[idx] / 255.0, data.labels[idx], idx)
@@ -36,7 +37,7 @@ def test_td_loss_by_hand():
   reward = (action == np.asarray(y)).astype(np.float32)
   next_idx = shifts.sample_index(jax.random.split(key, 3)[2], state.task, 8)
   x_next, _ = shift.apply(state.task, data.images[next_idx] / 255.0, None, next_idx)
-  q_next = np.asarray(spec.model.apply({"params": state.target_params}, x_next))
+  q_next = np.asarray(spec.model.apply({"params": state.learner_state.target_params}, x_next))
   target = reward + 0.5 * q_next.max(-1)
   expected = np.mean((q[np.arange(8), action] - target) ** 2)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -52,13 +53,13 @@ def test_bandit_target_network_syncs_on_its_period():
   init = state.params
   for i in range(1, 7):
     state, _ = engine.train_step(spec, hp, data, state, jax.random.PRNGKey(i))
-    synced = jax.tree.map(np.array_equal, state.params, state.target_params)
+    synced = jax.tree.map(np.array_equal, state.params, state.learner_state.target_params)
     if i == 5:
       assert all(jax.tree.leaves(synced))
     elif i < 5:
-      chex.assert_trees_all_equal(state.target_params, init)
+      chex.assert_trees_all_equal(state.learner_state.target_params, init)
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, state.params,
-                                              state.target_params)))
+                                              state.learner_state.target_params)))
 
 
 @pytest.mark.parametrize("method", ["full_reset", "head_reset", "shrink_and_perturb"])
@@ -71,20 +72,23 @@ def test_bandit_target_network_follows_resets_of_whole_layers(method):
   # A trained agent: online and target networks apart from each other and from
   # any initialisation.
   state = state.replace(params=jax.tree.map(lambda p: p + 0.5, state.params),
-                        target_params=jax.tree.map(lambda p: p - 0.5, state.params))
+                        learner_state=state.learner_state.replace(
+                            target_params=jax.tree.map(lambda p: p - 0.5, state.params)))
   after, _ = engine._reset_at_task_end(spec, hp, data, state)
   same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
   if method == "full_reset":  # a fresh agent: its target is its own initialisation.
-    chex.assert_trees_all_equal(after.target_params, after.params)
+    chex.assert_trees_all_equal(after.learner_state.target_params, after.params)
     assert not same(after.params, state.params)
   elif method == "head_reset":  # the same fresh head; the rest keeps its own values.
-    chex.assert_trees_all_equal(after.target_params["head"], after.params["head"])
+    chex.assert_trees_all_equal(after.learner_state.target_params["head"], after.params["head"])
     assert not same(after.params["head"], state.params["head"])
     body = lambda p: {k: v for k, v in p.items() if k != "head"}
-    chex.assert_trees_all_equal(body(after.target_params), body(state.target_params))
+    chex.assert_trees_all_equal(body(after.learner_state.target_params),
+                                body(state.learner_state.target_params))
   else:  # part of the network changed: the target waits for its next sync.
     assert not same(after.params, state.params)
-    chex.assert_trees_all_equal(after.target_params, state.target_params)
+    chex.assert_trees_all_equal(after.learner_state.target_params,
+                                state.learner_state.target_params)
 
 
 def test_bandit_learns_the_labels():
