@@ -163,8 +163,13 @@ class _Game:
 
   # Flat calls: [size] in, [size, ...] out; `token` only orders them.
   def _live(self, token):
-    live, _ = jax.lax.optimization_barrier((jnp.asarray(self.handle), token))
-    return live
+    """The live handle, computed from `token` (the previous call's output) so
+    that the call waits for that one: XLA orders side-effecting calls only by
+    their data (it drops optimisation barriers on the CPU). A token that is not
+    the live handle (the first call's zeros, or one restored from a checkpoint
+    of another process) gives the live handle too."""
+    live = jnp.asarray(self.handle)
+    return jnp.where(jnp.all(token == live), token, live)
 
   def _shapes(self, *extra):
     return (jax.ShapeDtypeStruct((8,), jnp.uint8),

@@ -159,7 +159,8 @@ def run(prepared: Prepared, workdir: str,
   normalize = None
   if from_config.suite(config) == "atari" and len(games) == 1:
     normalize = lambda score: atari_scores.normalized(games[0], score)
-  summary = results.summarize(rows, conditions, normalize)
+  summary = results.summarize(rows, conditions, normalize,
+                              evaluated=bool(config.get("eval_steps", 0)))
   base_results.write_json(os.path.join(workdir, "summary.json"), summary)
   title = f"{config.name}: {config.agent} on {config.env_name}"
   plotting.plot_returns(rows, conditions, os.path.join(workdir, "returns.png"), title)

@@ -28,7 +28,8 @@ PROBE_PANELS = (("loss", "training loss"), ("td_error", "|TD error| (replay batc
                 ("sharpness", "TD-loss sharpness"))
 
 
-def _curve(ax, rows, condition: str, key: str) -> bool:
+def _curve(ax, rows, condition: str, key: str, label: str | None = None,
+           linestyle: str = "-") -> bool:
   steps, values = results.curves(rows, condition, key)
   if not values.size or not np.isfinite(values).any():
     return False
@@ -36,7 +37,8 @@ def _curve(ax, rows, condition: str, key: str) -> bool:
     warnings.simplefilter("ignore", RuntimeWarning)  # windows where no seed finished an episode
     mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
   ok = np.isfinite(mean)
-  line, = ax.plot(steps[ok], mean[ok], marker="o", markersize=2.5, label=condition)
+  line, = ax.plot(steps[ok], mean[ok], marker="o", markersize=2.5, linestyle=linestyle,
+                  label=condition if label is None else label)
   ax.fill_between(steps[ok], (mean - std)[ok], (mean + std)[ok], color=line.get_color(),
                   alpha=0.2, linewidth=0)
   return True
@@ -59,10 +61,14 @@ def game_switches(rows: Sequence[dict]) -> list[int]:
 
 def plot_returns(rows: Sequence[dict], conditions: Sequence[str], path: str,
                  title: str = "") -> None:
-  """``episode_return`` against environment steps, one curve per condition."""
+  """``episode_return`` (training episodes) against environment steps, one
+  curve per condition, and ``eval_return`` dashed where evaluation episodes
+  finished."""
   fig, ax = plt.subplots(figsize=(6.5, 4))
+  drawn = False
   for condition in conditions:
-    _curve(ax, rows, condition, "episode_return")
+    drawn |= _curve(ax, rows, condition, "episode_return")
+    drawn |= _curve(ax, rows, condition, "eval_return", f"{condition} (evaluation)", "--")
   switches = game_switches(rows)
   for i, steps in enumerate(switches):
     ax.axvline(steps, color="0.4", linestyle=":", linewidth=1,
@@ -70,7 +76,11 @@ def plot_returns(rows: Sequence[dict], conditions: Sequence[str], path: str,
   ax.set_xlabel("environment steps (per seed)")
   ax.set_ylabel("episode return")
   ax.set_title(f"{title}\n({BAND})" if title else BAND, fontsize=9)
-  ax.legend(fontsize=7)
+  if drawn or switches:
+    ax.legend(fontsize=7)
+  if not drawn:
+    ax.text(0.5, 0.5, "no episode finished in any window", transform=ax.transAxes,
+            ha="center", va="center", fontsize=9, color="0.4")
   ax.grid(alpha=0.3)
   fig.tight_layout()
   plotting.save_figure(fig, path)

@@ -85,11 +85,15 @@ def _final_and_auc(returns: np.ndarray, bad: np.ndarray, name: str) -> dict:
 
 
 def summarize(rows: Sequence[dict], conditions: Sequence[str],
-              normalize: Callable[[float], float | None] | None = None) -> dict:
+              normalize: Callable[[float], float | None] | None = None,
+              evaluated: bool | None = None) -> dict:
   """summary.json: per condition, the module docstring's numbers; `normalize`
-  maps a return to its human-normalised score (None: no ``_hns`` keys)."""
+  maps a return to its human-normalised score (None: no ``_hns`` keys);
+  `evaluated`: the run had evaluation phases (None: some row has evaluation
+  episodes), giving the ``eval_return`` keys (None where no episode finished)."""
   out = {}
-  evaluated = any(r.get("eval_episodes", 0) for r in rows)
+  if evaluated is None:
+    evaluated = any(r.get("eval_episodes", 0) for r in rows)
   for condition in conditions:
     _, returns = curves(rows, condition, "episode_return")
     _, diverged = curves(rows, condition, "diverged_step")
