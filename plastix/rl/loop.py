@@ -371,7 +371,7 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
   transitions = Transition(obs=_stored(state.obs), action=actions, reward=out.reward,
                            next_obs=_stored(out.next_obs),
                            terminated=out.terminated.astype(jnp.float32),
-                           valid=None if out.valid is None else out.valid.astype(jnp.float32))
+                           valid=_valid(out))
   done, score = _episode_end(out), _score(out)
   episode_return = state.episode_return + score
   state = state.replace(
@@ -397,14 +397,26 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
   return _with_bulk(small, state), None
 
 
+def _optional(out, field: str):
+  """`out`'s optional `StepOut` field (None where the environment does not give it)."""
+  return getattr(out, field, None)
+
+
+def _valid(out):
+  valid = _optional(out, "valid")
+  return None if valid is None else valid.astype(jnp.float32)
+
+
 def _episode_end(out) -> jax.Array:
   """Where an episode (a whole game) ended: `StepOut.episode_end`, else terminated | truncated."""
-  return out.terminated | out.truncated if out.episode_end is None else out.episode_end
+  end = _optional(out, "episode_end")
+  return out.terminated | out.truncated if end is None else end
 
 
 def _score(out) -> jax.Array:
   """What an episode's return sums: the game's own reward (`StepOut.score`), else the reward."""
-  return out.reward if out.score is None else out.score
+  score = _optional(out, "score")
+  return out.reward if score is None else score
 
 
 def _networks_only(state: RLState) -> RLState:
@@ -563,11 +575,12 @@ def run_windows(states: RLState, hp: RLHParams, *, spec: RLSpec, num_windows: in
   `first_window` (traced, shared) is the index of the first of them. Returns
   the new states and `WindowMetrics` with leading axes [run, window].
   """
-  numbers = jnp.asarray(first_window, jnp.int32) + jnp.arange(num_windows, dtype=jnp.int32)
+  first = jnp.asarray(first_window, jnp.int32)
+  numbers = first + jnp.arange(num_windows, dtype=jnp.int32)
 
   def one_run(state, run_hp):
     if _is_stateful(spec.env):
-      state = restart_envs(spec, state, numbers[0])
+      state = restart_envs(spec, state, first)
     return jax.lax.scan(lambda s, w: run_window(spec, run_hp, s, w), state, numbers)
 
   return jax.vmap(one_run, in_axes=(0, _run_axes(hp)))(states, hp)
