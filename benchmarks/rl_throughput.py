@@ -263,7 +263,11 @@ def prepare(mode: str, game: str, steps: int, learning_starts: int, buffer_size:
     return prepare_torch(game, torch_seeds, steps, learning_starts, buffer_size, number)
   if kind == "plastix":
     return prepare_plastix("dqn", game, number, 1, steps, learning_starts, buffer_size)
-  return prepare_plastix("pqn", game, 1, number, steps * number, learning_starts, buffer_size)
+  # PQN's windows are whole rollouts (configs/rl_minatar.py's pqn.rollout_steps).
+  from configs import rl_minatar  # pylint: disable=g-import-not-at-top
+  rollout = rl_minatar.get_config().pqn.rollout_steps * number
+  pqn_steps = max(rollout, steps * number // rollout * rollout)
+  return prepare_plastix("pqn", game, 1, number, pqn_steps, learning_starts, buffer_size)
 
 
 def pqn_available() -> bool:

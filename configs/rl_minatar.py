@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.name = "rl_minatar"
   config.seed = 0
 
-  config.agent = "dqn"                # dqn, c51.
+  config.agent = "dqn"                # dqn, c51, pqn.
   config.suite = "minatar"            # minatar (gymnax) or atari (ale-py: configs/rl_atari.py).
   config.env_name = "breakout"
   config.sticky_prob = 0.0            # Repeat the previous action with this probability.
@@ -63,6 +63,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.td.num_atoms = 51                # c51: atoms of the return distribution,
   config.td.v_min = -10.0                 # ... its support's ends.
   config.td.v_max = 10.0
+
+  # pqn: no replay (it only feeds the probes) and no target network; lambda-returns
+  # over rollouts of rollout_steps vector steps, `epochs` passes of `minibatches`.
+  config.pqn = ml_collections.ConfigDict()
+  config.pqn.lam = 0.65
+  config.pqn.rollout_steps = 32
+  config.pqn.epochs = 2
+  config.pqn.minibatches = 4
 
   config.exploration = ml_collections.ConfigDict()
   config.exploration.eps_start = 1.0

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import os
 
+from flax import serialization
 import jax
 import orbax.checkpoint as ocp
+
+
+class VersionMismatch(ValueError):
+  """A checkpoint whose state has other fields than this version's."""
 
 
 class Checkpointer:
@@ -52,6 +57,7 @@ class Checkpointer:
     back as zeros (`plastix.sharding.fill_padding` makes them copies again).
     Raises ValueError if the checkpoint holds fewer than `num_runs` rows.
     """
+    self._check_fields(tasks_done, states_like)
     strict = num_runs is None
     if not strict and self.saved_runs(tasks_done) < num_runs:
       raise ValueError(f"the checkpoint after {tasks_done} tasks holds "
@@ -61,6 +67,23 @@ class Checkpointer:
     out = self._manager.restore(tasks_done,
                                 args=ocp.args.StandardRestore(target, strict=strict))
     return out["states"], out["metrics"]
+
+  def _check_fields(self, tasks_done: int, states_like) -> None:
+    """ValueError, one line, when the saved state's fields are not the target's
+    (a checkpoint written by another version of plastix, whose state had other
+    fields): say so rather than fail inside orbax."""
+    saved = self._manager.item_metadata(tasks_done).tree
+    saved = saved.get("states") if isinstance(saved, dict) else None
+    target = serialization.to_state_dict(states_like)
+    if not isinstance(saved, dict) or not isinstance(target, dict):
+      return
+    old, new = sorted(set(saved) - set(target)), sorted(set(target) - set(saved))
+    if old or new:
+      raise VersionMismatch(
+          f"checkpoint {tasks_done} of this workdir was written by another version of plastix "
+          f"(its state has {', '.join(old) or 'no other field'} where this one has "
+          f"{', '.join(new) or 'no other field'}); resume it with that version, or start a "
+          "new --workdir (the finished results in this one are kept)")
 
   def close(self) -> None:
     self._manager.close()

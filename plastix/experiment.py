@@ -45,6 +45,11 @@ from plastix import results
 from plastix import validation
 
 
+def _version_mismatch():
+  from plastix import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.VersionMismatch
+
+
 class UsageError(Exception):
   """Bad input: the entry point prints this one line and exits with status 2."""
 
@@ -352,10 +357,13 @@ def run(prepared: Prepared, workdir: str,
       if events is not None:
         on_chunk = lambda chunk, name=name: _write_events(events, name, chunk, seeds, points,
                                                           config.steps_per_task)
-      share = runner.run_intervention_share(
-          config, name, data, num_classes, progress=say,
-          checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh, job=job,
-          on_chunk=on_chunk, on_stall=on_stall)
+      try:
+        share = runner.run_intervention_share(
+            config, name, data, num_classes, progress=say,
+            checkpoint_dir=os.path.join(workdir, "checkpoints", name), mesh=mesh, job=job,
+            on_chunk=on_chunk, on_stall=on_stall)
+      except _version_mismatch() as e:
+        raise UsageError(f"--workdir {workdir!r}: {e}") from None
       # Each process writes its share; process 0 merges them (None elsewhere).
       metrics = runner.merge_over_processes(share, os.path.join(workdir, "shares", name),
                                             num_runs)

@@ -373,7 +373,7 @@ def test_create_builds_the_engine_config_model():
   model = models.create(config, 10)
   assert model == models.MLP(hidden_sizes=(256, 256), num_outputs=10)
   assert hash(model) == hash(models.create(config, 10))  # Usable as a static jit argument.
-  assert set(models.MODELS) == {"mlp", "cnn", "resnet18", "vit_tiny"}
+  assert set(models.MODELS) == {"mlp", "cnn", "nature_cnn", "resnet18", "vit_tiny"}
 
 
 def test_create_defaults():

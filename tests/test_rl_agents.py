@@ -115,6 +115,37 @@ def test_c51_projection_matches_floor_ceil_reference():
   np.testing.assert_allclose(np.sum(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_pqn_lambda_returns_by_hand():
+  r, v = jnp.array([[1.0], [0.0], [2.0]]), jnp.array([[10.0], [20.0], [30.0]])
+  zeros = jnp.zeros((3, 1))
+  returns = lambda lam, term=zeros, ended=zeros: np.asarray(agents.PQN(2, lam=lam).lambda_returns(
+      r, term, ended, v, 0.5))[:, 0]
+  # G2 = 2 + .5 * 30 = 17; G1 = .5 (.5 * 17 + .5 * 20) = 9.25; G0 = 1 + .5 (.5 * 9.25 + .5 * 10).
+  np.testing.assert_allclose(returns(0.5), [5.8125, 9.25, 17.0])
+  np.testing.assert_allclose(returns(0.0), [6.0, 10.0, 17.0])      # one-step targets
+  np.testing.assert_allclose(returns(1.0), [5.25, 8.5, 17.0])      # the rollout's return
+  # An episode that ends at t = 0 bootstraps from v_1 alone; a terminated one not at all.
+  end0 = jnp.array([[1.0], [0.0], [0.0]])
+  np.testing.assert_allclose(returns(0.5, ended=end0)[0], 6.0)
+  np.testing.assert_allclose(returns(0.5, term=end0, ended=end0)[0], 1.0)
+  # The one-step TD loss of the probes: y = r + gamma max_a Q(s', a).
+  batch = _batch([1], [1.0], [0.0])
+  loss, delta = agents.PQN(2).td_loss(jnp.array([[0.0, 3.0]]), None, jnp.array([[2.0, 4.0]]),
+                                      batch, 0.5)
+  np.testing.assert_allclose(delta, [3.0 - 3.0]) and np.testing.assert_allclose(loss, [0.0])
+
+
+def test_pqn_takes_epochs_x_minibatches_steps_a_rollout():
+  agent = agents.PQN(2, lam=0.5, rollout_steps=5, epochs=3, minibatches=2)
+  spec = _spec(Chain(num_envs=2), agent, window_steps=10, probe_batch_size=2)
+  hp = _hp()
+  states = loop.init_states(jnp.stack([jax.random.PRNGKey(0)]), hp, spec=spec)
+  one = jax.jit(jax.vmap(lambda s: loop.rollout_update(spec, hp, s, 0)[0]))(states)
+  assert int(one.num_updates[0]) == 3 * 2
+  # No target network: the probes' target is the online network after the updates.
+  chex.assert_trees_all_equal(one.target_params, one.params)
+
+
 def test_c51_q_values_are_the_mean_of_the_distribution():
   agent = agents.C51(2, num_atoms=3, v_min=-1.0, v_max=1.0)
   logits = jnp.log(jnp.array([[0.2, 0.5, 0.3, 1.0, 1e-9, 1e-9]]))
@@ -209,9 +240,11 @@ def _q(spec, states, obs):
   return spec.agent.q_values(models.apply_model(spec.model, params, {}, obs)[0])
 
 
-@pytest.mark.parametrize("agent", [agents.DQN(2), agents.C51(2, num_atoms=21, v_min=-2.0,
-                                                            v_max=2.0)],
-                         ids=["dqn", "c51"])
+AGENTS = [agents.DQN(2), agents.C51(2, num_atoms=21, v_min=-2.0, v_max=2.0),
+          agents.PQN(2, lam=0.5, rollout_steps=5, epochs=2, minibatches=2)]
+
+
+@pytest.mark.parametrize("agent", AGENTS, ids=["dqn", "c51", "pqn"])
 def test_one_state_bandit_learns_the_rewards(agent):
   spec = _spec(Bandit(), agent)
   states, metrics = _train(spec, _hp(), num_windows=4)
@@ -222,9 +255,7 @@ def test_one_state_bandit_learns_the_rewards(agent):
   assert int(metrics.num_episodes[0, 0]) == 250 * 4  # every step ends an episode.
 
 
-@pytest.mark.parametrize("agent", [agents.DQN(2), agents.C51(2, num_atoms=21, v_min=-2.0,
-                                                            v_max=2.0)],
-                         ids=["dqn", "c51"])
+@pytest.mark.parametrize("agent", AGENTS, ids=["dqn", "c51", "pqn"])
 def test_two_state_chain_learns_the_discounted_values(agent):
   spec = _spec(Chain(), agent)
   states, metrics = _train(spec, _hp(gamma=0.9), num_windows=6)

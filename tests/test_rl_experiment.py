@@ -161,3 +161,23 @@ def test_game_switches_are_read_from_the_game_column():
           for seed in (0, 1) for s, g in ((10, 0), (20, 0), (30, 1), (40, 1), (50, 0))]
   assert plotting.game_switches(rows) == [30, 50]
   assert plotting.game_switches([{"env_steps": 10, "game": 0}]) == []
+
+
+def test_tiny_pqn_run_from_the_command_line(tmp_path):
+  workdir = tmp_path / "pqn"
+  out = _run([f"--workdir={workdir}", "--config.agent=pqn", "--config.interventions=layer_norm",
+              "--config.pqn.rollout_steps=4", "--config.pqn.minibatches=2", *TINY])
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = list(csv.DictReader(open(workdir / "metrics.csv")))
+  assert len(rows) == 2 * 3
+  # Learning from the first rollout (no replay warm-up): a finite loss in every window.
+  assert all(np.isfinite(float(r["loss"])) for r in rows)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["layer_norm"]["num_seeds"] == 2
+
+
+def test_pqn_settings_are_checked(tmp_path):
+  out = _run([f"--workdir={tmp_path / 'bad'}", "--config.agent=pqn",
+              "--config.pqn.rollout_steps=3", *TINY], timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().startswith("error: eval_every_steps: must be a multiple of a rollout")

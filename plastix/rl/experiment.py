@@ -30,7 +30,8 @@ from plastix.rl import from_config
 UsageError = base.UsageError
 # RL config fields added after RL workdirs were first written -> the value that
 # means what the older code did (`plastix.experiment.is_resumable`).
-ADDED_FIELDS = {"suite": "minatar", "eval_steps": 0, "eval_epsilon": 0.001}
+ADDED_FIELDS = {"suite": "minatar", "eval_steps": 0, "eval_epsilon": 0.001, "pqn.lam": 0.65,
+                "pqn.rollout_steps": 32, "pqn.epochs": 2, "pqn.minibatches": 4}
 
 
 class Prepared(NamedTuple):
@@ -150,8 +151,11 @@ def run(prepared: Prepared, workdir: str,
   seeds = list(range(config.num_seeds))
   for i, name in enumerate(names):
     job["index"] = i + 1
-    metrics, points = _run_intervention(config, name, say,
-                                        os.path.join(workdir, "checkpoints", name), job)
+    try:
+      metrics, points = _run_intervention(config, name, say,
+                                          os.path.join(workdir, "checkpoints", name), job)
+    except base._version_mismatch() as e:  # pylint: disable=protected-access
+      raise UsageError(f"--workdir {workdir!r}: {e}") from None
     rows.extend(results.metrics_to_rows(name, metrics, seeds, points))
     base_results.write_csv(os.path.join(workdir, "metrics.csv"), rows)
   conditions = grid_lib.conditions(names, config.grid, from_config.GRID_FIELDS)

@@ -113,6 +113,10 @@ def make_agent(config: ml_collections.ConfigDict, num_actions: int):
   td = config.td
   if config.agent == "dqn":
     return agents.DQN(num_actions, double=bool(td.double), huber_kappa=float(td.huber_kappa))
+  if config.agent == "pqn":
+    p = config.pqn
+    return agents.PQN(num_actions, lam=float(p.lam), rollout_steps=int(p.rollout_steps),
+                      epochs=int(p.epochs), minibatches=int(p.minibatches))
   return agents.C51(num_actions, num_atoms=int(td.num_atoms), v_min=float(td.v_min),
                     v_max=float(td.v_max))
 
@@ -159,6 +163,20 @@ def _check_one(config: ml_collections.ConfigDict) -> None:
   eval_epsilon = config.get("eval_epsilon", 0.001)
   _require(isinstance(eval_epsilon, (int, float)) and 0.0 <= eval_epsilon <= 1.0,
            "eval_epsilon", "must be in [0, 1]", eval_epsilon)
+  if config.agent == "pqn":
+    p = config.get("pqn")
+    _require(p is not None, "pqn", "the pqn agent needs the pqn section of "
+             "configs/rl_minatar.py", p)
+    for field in ("rollout_steps", "epochs", "minibatches"):
+      _require(isinstance(p[field], int) and p[field] >= 1, f"pqn.{field}",
+               "must be a positive integer", p[field])
+    _require(0.0 <= p.lam <= 1.0, "pqn.lam", "must be in [0, 1]", p.lam)
+    rollout = p.rollout_steps * config.num_envs
+    _require(config.eval_every_steps % rollout == 0, "eval_every_steps",
+             f"must be a multiple of a rollout, pqn.rollout_steps x num_envs = {rollout}",
+             config.eval_every_steps)
+    _require(rollout % p.minibatches == 0, "pqn.minibatches",
+             f"must divide a rollout's {rollout} transitions", p.minibatches)
   r = config.replay
   _require(r.buffer_size >= max(config.num_envs, r.batch_size), "replay.buffer_size",
            "must hold at least one vector step and one batch", r.buffer_size)

@@ -287,15 +287,20 @@ def td_loss_fn(spec: RLSpec, hp: RLHParams, target_params, model_state, train: b
       next_online = jax.lax.stop_gradient(forward(params, batch.next_obs))
     next_target = forward(target_params, batch.next_obs)
     per_example, td = spec.agent.td_loss(online, next_online, next_target, batch, hp.gamma)
-    value = _mean(per_example, batch.valid)
-    if spec.coupled_l2:
-      mask = optim.resolve_mask(optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask], params)
-      sq = sum(jnp.sum(jnp.square(p)) for p, m in
-               zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
-      value = value + 0.5 * hp.l2 * sq
+    value = _mean(per_example, batch.valid) + _coupled_l2(spec, hp, params)
     return value, (td, new_state)
 
   return loss
+
+
+def _coupled_l2(spec: RLSpec, hp: RLHParams, params) -> jax.Array:
+  """``(l2 / 2) ||p||^2`` over the weight-decay mask when ``coupled_l2``, else 0."""
+  if not spec.coupled_l2:
+    return jnp.zeros([], jnp.float32)
+  mask = optim.resolve_mask(optim.WEIGHT_DECAY_MASKS[spec.weight_decay_mask], params)
+  sq = sum(jnp.sum(jnp.square(p)) for p, m in
+           zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
+  return 0.5 * hp.l2 * sq
 
 
 def _mean(x: jax.Array, weight) -> jax.Array:
@@ -305,9 +310,12 @@ def _mean(x: jax.Array, weight) -> jax.Array:
   return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def _update(spec: RLSpec, hp: RLHParams, state: RLState, batch, env_steps):
-  """One gradient step on `batch`; a non-finite loss is not applied."""
-  loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state)
+def _update(spec: RLSpec, hp: RLHParams, state: RLState, batch, env_steps, loss_fn=None):
+  """One gradient step on `batch` (of the agent's TD loss, or of
+  ``loss_fn(params, batch) -> (loss, (_, model_state))``); a non-finite loss is
+  not applied."""
+  if loss_fn is None:
+    loss_fn = td_loss_fn(spec, hp, state.target_params, state.model_state)
   (loss, (_, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch)
   diverged = state.diverged_step >= 0
@@ -357,10 +365,10 @@ def updates_before(spec: RLSpec, step) -> jax.Array:
   return jnp.maximum(0, (step - first + spec.train_every - 1) // spec.train_every)
 
 
-def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
-  """One vector step (module docstring); `step` is the global vector step, shared by runs."""
-  key = _stream(state.rng, _STEP_STREAM, step)
-  k_eps, k_random, k_env, k_sample = jax.random.split(key, 4)
+def _act(spec: RLSpec, state: RLState, step, k_eps, k_random, k_env):
+  """Acts epsilon-greedily in every environment, steps them, stores the
+  transitions in replay and counts finished episodes: ``(state, transitions)``
+  (observations stored as uint8, `_stored`)."""
   env_steps = step * spec.num_envs
   q = spec.agent.q_values(_forward(spec, state.params, state.model_state, state.obs))
   eps = epsilon(spec, env_steps)
@@ -380,6 +388,15 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
       return_sum=state.return_sum + jnp.sum(jnp.where(done, episode_return, 0.0)),
       episodes=state.episodes + jnp.sum(done.astype(jnp.float32)),
       episode_return=jnp.where(done, 0.0, episode_return))
+  return state, (transitions, out.terminated | out.truncated)
+
+
+def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
+  """One vector step (module docstring); `step` is the global vector step, shared by runs."""
+  key = _stream(state.rng, _STEP_STREAM, step)
+  k_eps, k_random, k_env, k_sample = jax.random.split(key, 4)
+  env_steps = step * spec.num_envs
+  state, _ = _act(spec, state, step, k_eps, k_random, k_env)
   # Shared by every run (a function of `step` only), so lax.cond skips the work.
   # The conds carry the networks only: passing the replay buffer through a
   # cond's operands can cost a copy of it every step.
@@ -394,6 +411,73 @@ def agent_step(spec: RLSpec, hp: RLHParams, state: RLState, step):
   if spec.resets and spec.reset_every_updates:
     due = learn & (number % spec.reset_every_updates == 0)
     small = jax.lax.cond(due, lambda s: _reset(spec, hp, s, number), lambda s: s, small)
+  return _with_bulk(small, state), None
+
+
+def is_on_policy(spec: RLSpec) -> bool:
+  """An agent that learns from its own rollouts (PQN), not from replay."""
+  return bool(getattr(spec.agent, "on_policy", False))
+
+
+def rollout_updates(spec: RLSpec) -> int:
+  """Gradient steps of one rollout of an on-policy agent: epochs x minibatches."""
+  return spec.agent.epochs * spec.agent.minibatches
+
+
+def rollout_update(spec: RLSpec, hp: RLHParams, state: RLState, first_step):
+  r"""An on-policy agent's rollout and learning (`plastix.rl.agents.pqn`):
+
+  ``T = agent.rollout_steps`` vector steps from global step `first_step`
+  (acting as `agent_step` does, the transitions also written to replay for
+  the probes), then with ``v_{t+1} = max_a Q(s'_t, a)`` from the network after
+  the rollout and the agent's lambda-returns ``G``, ``epochs`` passes over the
+  ``T E`` transitions in ``minibatches`` shuffled minibatches, each a gradient
+  step on ``mean_valid (Q(s, a) - G)^2 / 2`` (plus the coupled L2 term). The
+  target network is the online one after the updates (PQN has none; the TD
+  probe then bootstraps from the online network). The named resets run when
+  the update count crosses a multiple of ``reset_every_updates``.
+  """
+  agent, t_len = spec.agent, spec.agent.rollout_steps
+  steps = first_step + jnp.arange(t_len, dtype=jnp.int32)
+
+  def collect(state, step):
+    key = _stream(state.rng, _STEP_STREAM, step)
+    k_eps, k_random, k_env = jax.random.split(key, 3)
+    return _act(spec, state, step, k_eps, k_random, k_env)
+
+  state, (traj, ended) = jax.lax.scan(collect, state, steps)    # leaves [T, E, ...]
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), traj)
+  next_out = models.apply_model(_fast(spec.model), state.params, state.model_state,
+                                _observations(flat.next_obs), train=False)[0]
+  next_values = jnp.max(agent.q_values(next_out), axis=-1).reshape(ended.shape)
+  returns = agent.lambda_returns(traj.reward, traj.terminated, ended, next_values,
+                                 hp.gamma).reshape(-1)
+  weights = flat.valid
+  env_steps = (first_step + t_len) * spec.num_envs
+  model = _fast(spec.model)
+
+  def step_on(small, idx):
+    def loss_fn(params, _):
+      out, new_state = models.apply_model(model, params, small.model_state,
+                                          _observations(flat.obs[idx]), train=True)
+      per_example, delta = agent.return_loss(agent.q_values(out), flat.action[idx],
+                                             returns[idx])
+      w = None if weights is None else weights[idx]
+      return _mean(per_example, w) + _coupled_l2(spec, hp, params), (delta, new_state)
+    return _update(spec, hp, small, None, env_steps, loss_fn), None
+
+  def epoch(small, k):
+    order = jax.random.permutation(k, flat.action.shape[0])
+    return jax.lax.scan(step_on, small, order.reshape(agent.minibatches, -1))[0], None
+
+  keys = jax.random.split(_stream(state.rng, _STEP_STREAM, steps[-1] + 1), agent.epochs)
+  small = jax.lax.scan(epoch, _networks_only(state), keys)[0]
+  small = small.replace(target_params=small.params)
+  if spec.resets and spec.reset_every_updates:
+    rollout = first_step // t_len
+    before, after = rollout * rollout_updates(spec), (rollout + 1) * rollout_updates(spec)
+    due = after // spec.reset_every_updates > before // spec.reset_every_updates
+    small = jax.lax.cond(due, lambda s: _reset(spec, hp, s, after), lambda s: s, small)
   return _with_bulk(small, state), None
 
 
@@ -516,8 +600,13 @@ PROBE_KEYS = ("td_error", "q_mean_abs", "q_max_mean", "dead_fraction", "dormant_
 def run_window(spec: RLSpec, hp: RLHParams, state: RLState, window):
   """``window_steps`` vector steps, then the window's metrics; `window` is shared by runs."""
   first = window * spec.window_steps
-  steps = first + jnp.arange(spec.window_steps, dtype=jnp.int32)
-  state, _ = jax.lax.scan(lambda s, t: agent_step(spec, hp, s, t), state, steps)
+  if is_on_policy(spec):
+    t_len = spec.agent.rollout_steps
+    starts = first + t_len * jnp.arange(spec.window_steps // t_len, dtype=jnp.int32)
+    state, _ = jax.lax.scan(lambda s, t: rollout_update(spec, hp, s, t), state, starts)
+  else:
+    steps = first + jnp.arange(spec.window_steps, dtype=jnp.int32)
+    state, _ = jax.lax.scan(lambda s, t: agent_step(spec, hp, s, t), state, steps)
   env_steps = (first + spec.window_steps) * spec.num_envs
   if spec.run_probes:
     found, means = _probe(spec, hp, state, window)

@@ -14,6 +14,11 @@ static spec) with:
   False), and the TD error ``Q(s, a) - target`` it implies (for
   the probes, in units of return).
 
+An on-policy agent (``on_policy = True``: PQN) learns from its own rollouts
+instead of replay: it has ``rollout_steps``, ``epochs``, ``minibatches``,
+``lambda_returns`` and ``return_loss``, and the loop runs
+`plastix.rl.loop.rollout_update` for it.
+
 `AGENTS` maps a config's ``agent`` name to its class; a new agent is a new
 module here plus one entry.
 """
@@ -26,6 +31,7 @@ import jax
 
 from plastix.rl.agents.c51 import C51
 from plastix.rl.agents.dqn import DQN
+from plastix.rl.agents.pqn import PQN
 
 
 class Transition(NamedTuple):
@@ -39,4 +45,4 @@ class Transition(NamedTuple):
                          #   episodes (`plastix.rl.envs.StepOut.valid`); None: all 1.
 
 
-AGENTS = {"dqn": DQN, "c51": C51}
+AGENTS = {"dqn": DQN, "c51": C51, "pqn": PQN}
