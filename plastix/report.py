@@ -804,14 +804,32 @@ def _seeds_text(num_seeds: int, num_diverged: int) -> str:
   return f"{num_seeds}" + (f" ({num_diverged} diverged)" if num_diverged else "")
 
 
-def format_returns_table(table: RLMechanismTable) -> str:
+# summary.json keys the returns table adds where a cell has them: evaluation
+# returns (mean ± std over healthy seeds) and human-normalised scores (Atari).
+SUMMARY_COLUMNS = (("final_eval_return", "final eval return", True),
+                   ("final_return_hns", "final return (HNS)", False),
+                   ("final_eval_return_hns", "final eval return (HNS)", False))
+
+
+def format_returns_table(table: RLMechanismTable, summary: Mapping | None = None) -> str:
   """The returns as markdown: per condition, diverged / seeds, final return
-  and AUC return (mean ± std over healthy seeds)."""
-  lines = ["| condition | diverged / seeds | final return | AUC return |", "|---|---|---|---|"]
+  and AUC return (mean ± std over healthy seeds); with `summary` (the cell's
+  summary.json), the `SUMMARY_COLUMNS` it has."""
+  summary = summary or {}
+  present = [(k, label, std) for k, label, std in SUMMARY_COLUMNS
+             if any(isinstance(v, Mapping) and k in v for v in summary.values())]
+  header = ["condition", "diverged / seeds", "final return", "AUC return"]
+  header += [label for _, label, _ in present]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in table.rows:
     c = row.condition
     returns = (["diverged", "diverged"] if c.all_diverged else
                [_mean_std(row.final_return), _mean_std(row.auc_return)])
+    entry = summary.get(c.condition, {})
+    for k, _, std in present:
+      value, spread = entry.get(k), entry.get(f"{k}_std") if std else None
+      returns.append("n/a" if value is None else
+                     (f"{_num(value)} ± {_num(spread)}" if spread is not None else _num(value)))
     lines.append(f"| `{c.condition}` | {c.num_diverged}/{c.num_seeds} | "
                  + " | ".join(returns) + " |")
   return "\n".join(lines)
@@ -1369,7 +1387,7 @@ def _rl_returns_section(study: Study, tables: Sequence[RLMechanismTable], out_di
            "± 1 std; conditions whose seeds all diverged are left out.", ""]
   for cell, table in zip(study.rl_cells, tables):
     lines += [_rl_cell_heading(cell), ""] + _switches_text(cell)
-    lines += [format_returns_table(table), ""]
+    lines += [format_returns_table(table, cell.summary), ""]
     returns = f"{prefix}-{_slug(cell.name)}-returns.png"
     probes = f"{prefix}-{_slug(cell.name)}-probes.png"
     drawn, panels = plot_rl_cell(cell, os.path.join(out_dir, returns),

@@ -377,3 +377,20 @@ def test_command_line_on_an_rl_study(rl_study, tmp_path):
     with open(out / image, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "**+1.3 ↑**" in text
+
+
+def test_returns_table_adds_evaluation_and_human_normalised_columns():
+  table = report.rl_mechanism_table([_seeds("baseline", [1.0, 3.0]),
+                                     _seeds("layer_norm", [2.0, 4.0])])
+  summary = {"baseline": {"final_eval_return": 2.5, "final_eval_return_std": 0.5,
+                          "final_return_hns": -0.0625, "final_eval_return_hns": 0.0},
+             "layer_norm": {"final_eval_return": None, "final_eval_return_std": None,
+                            "final_return_hns": 0.125, "final_eval_return_hns": None}}
+  lines = report.format_returns_table(table, summary).splitlines()
+  assert lines[0] == ("| condition | diverged / seeds | final return | AUC return | "
+                      "final eval return | final return (HNS) | final eval return (HNS) |")
+  assert lines[2] == "| `baseline` | 0/2 | 2 ± 1 | 2 ± 1 | 2.5 ± 0.5 | -0.0625 | 0 |"
+  assert lines[3] == "| `layer_norm` | 0/2 | 3 ± 1 | 3 ± 1 | n/a | 0.125 | n/a |"
+  # Without those keys (MinAtar), the four columns alone.
+  assert report.format_returns_table(table, {"baseline": {"final_return": 2.0}}).splitlines()[0] \
+      == "| condition | diverged / seeds | final return | AUC return |"

@@ -56,13 +56,14 @@ def metrics_to_rows(intervention: str, metrics, seeds: Sequence[int],
 
 
 def curves(rows: Sequence[dict], condition: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-  """``(env_steps [W], values [seeds, W])`` of column `key` for one condition."""
+  """``(env_steps [W], values [seeds, W])`` of column `key` for one condition
+  (NaN where a row lacks the column: one written before it existed)."""
   sel = [r for r in rows if base.condition(r) == condition]
   seeds = sorted({r["seed"] for r in sel})
   steps = sorted({r["env_steps"] for r in sel})
   out = np.full((len(seeds), len(steps)), np.nan)
   for r in sel:
-    out[seeds.index(r["seed"]), steps.index(r["env_steps"])] = r[key]
+    out[seeds.index(r["seed"]), steps.index(r["env_steps"])] = r.get(key, np.nan)
   return np.asarray(steps), out
 
 
@@ -93,7 +94,7 @@ def summarize(rows: Sequence[dict], conditions: Sequence[str],
   episodes), giving the ``eval_return`` keys (None where no episode finished)."""
   out = {}
   if evaluated is None:
-    evaluated = any(r.get("eval_episodes", 0) for r in rows)
+    evaluated = any(float(r.get("eval_episodes") or 0) > 0 for r in rows)
   for condition in conditions:
     _, returns = curves(rows, condition, "episode_return")
     _, diverged = curves(rows, condition, "diverged_step")
