@@ -38,8 +38,8 @@ keeps its own ``num_envs`` environments, seeded from its own key
 runs the loop vmaps must equal ``num_runs``; runs are not split over devices.
 
 Host state. The environments live in C++, outside the program's state: the
-``token`` of `AtariState` is the last call's handle, passed only to order the
-calls; a program restarts its environments with ``reset`` (the loop does so
+``token`` of `AtariState` is the last call's handle, from which the next call
+computes its own (XLA orders side-effecting calls only by their data); a program restarts its environments with ``reset`` (the loop does so
 at the start of every chunk, `stateful`), so a run resumed from a checkpoint
 steps the same games as one that never stopped. An episode therefore never
 spans two chunks of a run.
@@ -137,7 +137,8 @@ def check(env_name: str, num_envs: int, num_runs: int, sticky_prob: float, switc
 
 class AtariState(NamedTuple):
   """Per-run bookkeeping of an `AtariEnv` (the games themselves live in C++)."""
-  token: jax.Array   # uint8 [8]: the last call's handle; orders the calls, never read.
+  token: jax.Array   # uint8 [8]: the last call's output handle; the next call computes
+                     #   its handle from it, which orders the calls (`_Game._live`).
   lives: jax.Array   # int32 [E]: lives left after the last step.
   over: jax.Array    # bool [E]: the last step ended a game (this step is the automatic reset).
   t: jax.Array       # int32 []: vector steps taken so far.
