@@ -28,7 +28,9 @@ Presets:
   steps, target syncs every 8k updates (32k agent steps, as Dopamine's C51),
   evaluation phases of 125k agent steps every 250k (Dopamine's iteration), 3
   seeds. Replay stores observations and next observations as uint8
-  (2 x 28 KB a transition): about 56 GB per seed at 1M transitions.
+  (2 x 28 KB a transition): about 56 GB per seed at 1M transitions. Expected
+  run time, an estimate (no accelerator was available to measure it): 4-5
+  hours a game on one current GPU, the 3 seeds vmapped.
 """
 
 import ml_collections

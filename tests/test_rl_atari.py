@@ -178,6 +178,9 @@ def test_human_normalised_scores_by_hand():
   # Breakout: random 1.7, human 30.5: (16.1 - 1.7) / 28.8 = 0.5.
   assert atari_scores.normalized("breakout", 16.1) == pytest.approx(0.5)
   assert atari_scores.normalized("not_a_game", 1.0) is None
+  # The 57 games of the benchmark, each a ROM of ale-py.
+  assert len(atari_scores.ATARI_57) == 57
+  assert set(atari_scores.ATARI_57) <= set(atari._rom_ids())  # pylint: disable=protected-access
   assert atari_scores.normalized("pong", float("nan")) is None
   rows = [{"intervention": "baseline", "seed": s, "env_steps": 10, "episode_return": r,
            "eval_return": e, "eval_episodes": 1.0, "diverged_step": -1}

@@ -7,8 +7,8 @@ so a uniform-random policy scores 0 and the human tester 1. ``RANDOM`` and
 since the Nature DQN paper (Mnih et al., 2015, Extended Data Table 2; human
 scores of a professional games tester after about two hours of practice, random
 scores of a uniform-random policy, both with up to 30 no-op starts), as
-tabulated again by Badia et al. (2020, Agent57, Appendix H). Games are keyed by
-the ale-py ROM id (snake case). A game missing from the table has no
+tabulated again by Badia et al. (2020, Agent57, Appendix H), whose 57 games
+(`ATARI_57`) are these. Games are keyed by the ale-py ROM id (snake case). A game missing from the table has no
 normalised score (``normalized`` returns None).
 """
 
@@ -34,6 +34,7 @@ SCORES: dict[str, tuple[float, float]] = {
     "centipede": (2090.9, 12017.0),
     "chopper_command": (811.0, 7387.8),
     "crazy_climber": (10780.5, 35829.4),
+    "defender": (2874.5, 18688.9),
     "demon_attack": (152.1, 1971.0),
     "double_dunk": (-18.6, -16.4),
     "enduro": (0.0, 860.5),
@@ -64,6 +65,7 @@ SCORES: dict[str, tuple[float, float]] = {
     "solaris": (1236.3, 12326.7),
     "space_invaders": (148.0, 1668.7),
     "star_gunner": (664.0, 10250.0),
+    "surround": (-10.0, 6.5),
     "tennis": (-23.8, -8.3),
     "time_pilot": (3568.0, 5229.2),
     "tutankham": (11.4, 167.6),
@@ -83,3 +85,7 @@ def normalized(game: str, score: float) -> float | None:
     return None
   random, human = SCORES[game]
   return (score - random) / (human - random)
+
+
+# The 57 games of the Atari benchmark (those the paper's Atari results cover).
+ATARI_57 = tuple(sorted(SCORES))
