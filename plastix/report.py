@@ -826,8 +826,10 @@ def format_returns_table(table: RLMechanismTable, summary: Mapping | None = None
     returns = (["diverged", "diverged"] if c.all_diverged else
                [_mean_std(row.final_return), _mean_std(row.auc_return)])
     entry = summary.get(c.condition, {})
+    healthy = c.num_seeds - c.num_diverged
     for k, _, std in present:
-      value, spread = entry.get(k), entry.get(f"{k}_std") if std else None
+      # A spread over fewer than 2 seeds is left out, as `_mean_std` does.
+      value, spread = entry.get(k), entry.get(f"{k}_std") if std and healthy >= 2 else None
       returns.append("n/a" if value is None else
                      (f"{_num(value)} ± {_num(spread)}" if spread is not None else _num(value)))
     lines.append(f"| `{c.condition}` | {c.num_diverged}/{c.num_seeds} | "

@@ -391,6 +391,10 @@ def test_returns_table_adds_evaluation_and_human_normalised_columns():
                       "final eval return | final return (HNS) | final eval return (HNS) |")
   assert lines[2] == "| `baseline` | 0/2 | 2 ± 1 | 2 ± 1 | 2.5 ± 0.5 | -0.0625 | 0 |"
   assert lines[3] == "| `layer_norm` | 0/2 | 3 ± 1 | 3 ± 1 | n/a | 0.125 | n/a |"
+  # One healthy seed: no spread, as in the other columns.
+  one = report.rl_mechanism_table([_seeds("baseline", [1.0])])
+  assert report.format_returns_table(one, summary).splitlines()[2] == (
+      "| `baseline` | 0/1 | 1 | 1 | 2.5 | -0.0625 | 0 |")
   # Without those keys (MinAtar), the four columns alone.
   assert report.format_returns_table(table, {"baseline": {"final_return": 2.0}}).splitlines()[0] \
       == "| condition | diverged / seeds | final return | AUC return |"

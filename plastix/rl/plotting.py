@@ -29,19 +29,20 @@ PROBE_PANELS = (("loss", "training loss"), ("td_error", "|TD error| (replay batc
 
 
 def _curve(ax, rows, condition: str, key: str, label: str | None = None,
-           linestyle: str = "-") -> bool:
+           linestyle: str = "-", color=None):
+  """Draws one condition's column; returns its line's colour (None: nothing to draw)."""
   steps, values = results.curves(rows, condition, key)
   if not values.size or not np.isfinite(values).any():
-    return False
+    return None
   with np.errstate(all="ignore"), warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # windows where no seed finished an episode
     mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
   ok = np.isfinite(mean)
   line, = ax.plot(steps[ok], mean[ok], marker="o", markersize=2.5, linestyle=linestyle,
-                  label=condition if label is None else label)
+                  color=color, label=condition if label is None else label)
   ax.fill_between(steps[ok], (mean - std)[ok], (mean + std)[ok], color=line.get_color(),
                   alpha=0.2, linewidth=0)
-  return True
+  return line.get_color()
 
 
 def _measured(rows, key: str) -> bool:
@@ -66,9 +67,12 @@ def plot_returns(rows: Sequence[dict], conditions: Sequence[str], path: str,
   finished."""
   fig, ax = plt.subplots(figsize=(6.5, 4))
   drawn = False
-  for condition in conditions:
-    drawn |= _curve(ax, rows, condition, "episode_return")
-    drawn |= _curve(ax, rows, condition, "eval_return", f"{condition} (evaluation)", "--")
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, condition in enumerate(conditions):
+    color = colors[i % len(colors)]  # a condition's training and evaluation curves alike
+    drawn |= _curve(ax, rows, condition, "episode_return", color=color) is not None
+    drawn |= _curve(ax, rows, condition, "eval_return", f"{condition} (evaluation)", "--",
+                    color=color) is not None
   switches = game_switches(rows)
   for i, steps in enumerate(switches):
     ax.axvline(steps, color="0.4", linestyle=":", linewidth=1,
