@@ -241,8 +241,9 @@ class AtariEnv:
   role: str = "train"
   num_threads: int = 0
 
-  stateful = True     # the loop restarts the environments at each program's start.
-  shardable = False   # one C++ environment serves every run: no device split.
+  stateful = True       # the loop restarts the environments at each program's start.
+  reports_valid = True  # StepOut.valid is False for the automatic-reset steps.
+  shardable = False     # one C++ environment serves every run: no device split.
 
   def __post_init__(self):
     check(self.env_name, self.num_envs, self.num_runs, self.sticky_prob, self.switch_every,

@@ -64,7 +64,11 @@ class RLSpec:
   """Everything static about an RL run: changing a field compiles a new program."""
   agent: Any                 # an agent of `plastix.rl.agents.AGENTS`.
   model: nn.Module           # its head has ``agent.num_outputs`` outputs.
-  env: Any                   # `plastix.rl.envs.VecEnv`, or anything with its interface.
+  env: Any                   # `plastix.rl.envs.VecEnv`, `plastix.rl.atari.AtariEnv`, or anything
+                             #   with their interface; optional class attributes: `stateful`
+                             #   (games outside the program: `reset(key, state)`, restarted at
+                             #   each program's start), `reports_valid` (`StepOut.valid`),
+                             #   `shardable` (False: runs are not split over devices).
   window_steps: int          # vector steps per evaluation window.
   buffer_size: int = 100_000  # transitions (per seed).
   batch_size: int = 32
@@ -260,9 +264,14 @@ def init_state(spec: RLSpec, hp: RLHParams, rng: jax.Array) -> RLState:
       game=jnp.zeros([], jnp.int32), eval_env_state=eval_env_state)
 
 
+def _reports_valid(env) -> bool:
+  """An environment whose `StepOut.valid` can be False (``reports_valid``)."""
+  return bool(getattr(env, "reports_valid", False))
+
+
 def _valid_example(spec: RLSpec):
   """Replay stores a validity weight only for environments that report one."""
-  return jnp.ones([], jnp.float32) if getattr(spec.env, "stateful", False) else None
+  return jnp.ones([], jnp.float32) if _reports_valid(spec.env) else None
 
 
 def _evaluates(spec: RLSpec) -> bool:
@@ -379,7 +388,7 @@ def _act(spec: RLSpec, state: RLState, step, k_eps, k_random, k_env):
   transitions = Transition(obs=_stored(state.obs), action=actions, reward=out.reward,
                            next_obs=_stored(out.next_obs),
                            terminated=out.terminated.astype(jnp.float32),
-                           valid=_valid(out))
+                           valid=_valid(out) if _reports_valid(spec.env) else None)
   done, score = _episode_end(out), _score(out)
   episode_return = state.episode_return + score
   state = state.replace(
