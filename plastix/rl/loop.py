@@ -56,7 +56,7 @@ from plastix.rl.agents import Transition
 
 # Independent PRNG streams of each seed's key.
 _INIT_STREAM, _PROBE_ENV_STREAM, _ENV_STREAM, _STEP_STREAM, _RESET_STREAM = 0, 1, 2, 3, 4
-_SHARPNESS_STREAM, _EVAL_STREAM = 5, 6
+_SHARPNESS_STREAM, _EVAL_STREAM, _SHUFFLE_STREAM = 5, 6, 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +479,7 @@ def rollout_update(spec: RLSpec, hp: RLHParams, state: RLState, first_step):
     order = jax.random.permutation(k, flat.action.shape[0])
     return jax.lax.scan(step_on, small, order.reshape(agent.minibatches, -1))[0], None
 
-  keys = jax.random.split(_stream(state.rng, _STEP_STREAM, steps[-1] + 1), agent.epochs)
+  keys = jax.random.split(_stream(state.rng, _SHUFFLE_STREAM, first_step), agent.epochs)
   small = jax.lax.scan(epoch, _networks_only(state), keys)[0]
   small = small.replace(target_params=small.params)
   if spec.resets and spec.reset_every_updates:
