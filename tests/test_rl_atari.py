@@ -190,7 +190,10 @@ def test_human_normalised_scores_by_hand():
   assert s["final_return"] == -19.0 and s["final_eval_return"] == -18.0
   assert s["final_return_hns"] == pytest.approx((-19.0 + 20.7) / 35.3)
   assert s["final_eval_return_hns"] == pytest.approx((-18.0 + 20.7) / 35.3)
-  assert "final_return_hns" in results.format_table({"baseline": s})
+  table = results.format_table({"baseline": s}).splitlines()
+  assert "final_return_hns" in table[0] and "-19.00 ± 1.00" in table[1]
+  one = {**s, "num_seeds": 2, "num_diverged": 1}  # one healthy seed: no spread
+  assert "±" not in results.format_table({"baseline": one}).splitlines()[1]
 
 
 def test_tiny_atari_run_from_the_command_line(tmp_path):

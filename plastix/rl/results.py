@@ -116,8 +116,9 @@ def summarize(rows: Sequence[dict], conditions: Sequence[str],
 
 
 def format_table(summary: dict) -> str:
-  """The summary as a plain-text table (mean ± std over seeds; the evaluation
-  and human-normalised columns when the summary has them)."""
+  """The summary as a plain-text table (mean ± std over seeds, the mean alone
+  over a single healthy seed; the evaluation and human-normalised columns when
+  the summary has them)."""
   cell = lambda m, s: "-" if m is None else (f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}")
   first = next(iter(summary.values()), {})
   keys = [k for k in SUMMARY_KEYS + EVAL_KEYS if k in first]
@@ -126,8 +127,9 @@ def format_table(summary: dict) -> str:
   lines = [f"{'condition':<{width}}  " + "  ".join(f"{k:>17}" for k in keys)
            + "".join(f"  {k:>21}" for k in hns) + "  diverged"]
   for condition, s in summary.items():
+    one = s["num_seeds"] - s["num_diverged"] < 2  # no spread over a single seed
     lines.append(f"{condition:<{width}}  "
-                 + "  ".join(f"{cell(s[k], s[f'{k}_std']):>17}" for k in keys)
+                 + "  ".join(f"{cell(s[k], None if one else s[f'{k}_std']):>17}" for k in keys)
                  + "".join(f"  {cell(s[k], None):>21}" for k in hns)
                  + f"  {s['num_diverged']}/{s['num_seeds']}")
   return "\n".join(lines)
