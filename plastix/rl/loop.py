@@ -28,6 +28,12 @@ environments, `probe_states`) and on a fresh replay batch: dead, dormant and
 linearized units, feature rank, parameter norm, the Q-values' magnitude, the
 TD error and, on its own period, the sharpness of the TD loss.
 
+An on-policy agent (PQN, ``agent.on_policy``) learns from its own rollouts
+instead: the window scans `rollout_update` (acting as above for
+``agent.rollout_steps`` vector steps, then epochs of minibatch steps on the
+rollout's lambda-returns). With ``eval_env`` and ``eval_steps`` every window
+ends with an evaluation phase (`evaluate`).
+
 A seed whose loss is not finite takes no further gradient steps (its
 parameters stay as they were; it still acts), as in the supervised engine;
 `diverged_step` records the environment step where that happened.
@@ -376,8 +382,9 @@ def updates_before(spec: RLSpec, step) -> jax.Array:
 
 def _act(spec: RLSpec, state: RLState, step, k_eps, k_random, k_env):
   """Acts epsilon-greedily in every environment, steps them, stores the
-  transitions in replay and counts finished episodes: ``(state, transitions)``
-  (observations stored as uint8, `_stored`)."""
+  transitions in replay and counts finished episodes: ``(state, (transitions,
+  ended))`` (observations stored as uint8, `_stored`; ``ended`` [E]: the step
+  ended an episode, terminated or truncated)."""
   env_steps = step * spec.num_envs
   q = spec.agent.q_values(_forward(spec, state.params, state.model_state, state.obs))
   eps = epsilon(spec, env_steps)
