@@ -107,24 +107,10 @@ def prepare_agent(game: str, num_seeds: int, num_envs: int, steps: int, learning
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from plastix.rl import from_config, loop  # pylint: disable=g-import-not-at-top
+  from benchmarks import rl_throughput  # pylint: disable=g-import-not-at-top
+  from plastix.rl import loop  # pylint: disable=g-import-not-at-top
   config = atari_config(game, num_seeds, num_envs, steps, learning_starts, backend, learn)
-  spec, hp = from_config.build(config)
-  states = loop.init_states(from_config.seed_keys(config), hp, spec=spec)
-  start = time.perf_counter()
-  compiled = loop.run_windows.lower(states, hp, spec=spec, num_windows=1,
-                                    first_window=jnp.int32(0)).compile()
-  compile_s = time.perf_counter() - start
-  carry = {"states": states, "window": 0, "loss": float("nan")}
-
-  def run() -> float:
-    start = time.perf_counter()
-    states, metrics = compiled(carry["states"], hp, first_window=jnp.int32(carry["window"]))
-    jax.block_until_ready(states)
-    seconds = time.perf_counter() - start
-    carry.update(states=states, window=carry["window"] + 1,
-                 loss=float(np.nanmean(np.asarray(metrics.loss))))
-    return seconds
+  spec, hp, compile_s, carry, run = rl_throughput.loop_runner(config)
 
   if learn:  # fill the replay past learning_starts, untimed
     for _ in range(-(-learning_starts // steps)):
@@ -132,7 +118,7 @@ def prepare_agent(game: str, num_seeds: int, num_envs: int, steps: int, learning
   # Every program first restarts the environments (seeded resets: ale-py
   # reloads each game, about a second for 8 of them); a run pays it once per
   # chunk of windows. Timed alone (a program of no window) and left out.
-  restart = loop.run_windows.lower(states, hp, spec=spec, num_windows=0,
+  restart = loop.run_windows.lower(carry["states"], hp, spec=spec, num_windows=0,
                                    first_window=jnp.int32(0)).compile()
   restarts = []
   for _ in range(3):

@@ -178,15 +178,15 @@ def xla_flops(spec, hp) -> dict:
           "xla_act_flops": count(act, params, obs[:1])}
 
 
-def prepare_plastix(agent: str, game: str, num_seeds: int, num_envs: int, steps: int,
-                    learning_starts: int, buffer_size: int) -> pairing.Prepared:
-  """plastix's loop for one mode, compiled, warmed up; each run continues every
-  seed's run for `steps` environment steps (one evaluation window)."""
+def loop_runner(config):
+  """plastix's loop for `config` (`plastix.rl.from_config.build`), compiled for
+  one window: ``(spec, hp, compile_s, carry, run)``. ``run()`` continues every
+  run by one window and returns its seconds; `carry` holds the states, the
+  next window's index and the last window's mean training loss."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from plastix.rl import from_config, loop  # pylint: disable=g-import-not-at-top
-  config = rl_config(game, agent, num_seeds, num_envs, steps, learning_starts, buffer_size)
   spec, hp = from_config.build(config)
   states = loop.init_states(from_config.seed_keys(config), hp, spec=spec)
   start = time.perf_counter()
@@ -204,6 +204,15 @@ def prepare_plastix(agent: str, game: str, num_seeds: int, num_envs: int, steps:
                  loss=float(np.nanmean(np.asarray(metrics.loss))))
     return seconds
 
+  return spec, hp, compile_s, carry, run
+
+
+def prepare_plastix(agent: str, game: str, num_seeds: int, num_envs: int, steps: int,
+                    learning_starts: int, buffer_size: int) -> pairing.Prepared:
+  """plastix's loop for one mode, compiled, warmed up; each run continues every
+  seed's run for `steps` environment steps (one evaluation window)."""
+  config = rl_config(game, agent, num_seeds, num_envs, steps, learning_starts, buffer_size)
+  spec, hp, compile_s, carry, run = loop_runner(config)
   for _ in range(warmup_rounds(learning_starts, steps) if agent != "pqn" else 0):
     run()
   info = {"seed_steps": num_seeds * steps, "num_seeds": num_seeds, "num_envs": num_envs,
