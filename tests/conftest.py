@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny config that compiles and runs in seconds."""
 
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -37,6 +38,21 @@ from configs import shift  # pylint: disable=g-import-not-at-top
 def xla_flags(*flags: str) -> str:
   """The tests' XLA_FLAGS with `flags` added, for a subprocess's environment."""
   return " ".join([os.environ["XLA_FLAGS"], *flags])
+
+
+def run_rl(args, timeout=600):
+  """``python -m experiments.rl`` with `args`, from the repository root."""
+  return subprocess.run([sys.executable, "-m", "experiments.rl", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def assert_bad_input(out, field: str, workdir) -> None:
+  """A refused command: exit status 2, one line ``error: <field>...``, and
+  nothing written to `workdir`."""
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 
 def tiny_config():

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.conftest import assert_bad_input, run_rl
 
 from configs import rl_atari
 from plastix import models
@@ -23,7 +22,6 @@ from plastix.rl import experiment
 from plastix.rl import loop
 from plastix.rl import results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A few hundred agent steps of a real ROM (the default network and agent).
 TINY = ["--config=configs/rl_atari.py:cpu", "--config.total_env_steps=400",
         "--config.eval_every_steps=200", "--config.eval_steps=200", "--config.num_envs=2",
@@ -33,9 +31,7 @@ TINY = ["--config=configs/rl_atari.py:cpu", "--config.total_env_steps=400",
         "--config.windows_per_chunk=2"]
 
 
-def _run(args, timeout=600):
-  return subprocess.run([sys.executable, "-m", "experiments.rl", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+_run = run_rl
 
 
 def _rollout(env, key, steps, policy=None):
@@ -258,7 +254,4 @@ def test_resume_after_a_kill_gives_the_same_results(tmp_path):
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, override, field):
   out = _run([f"--workdir={tmp_path / 'bad'}", *TINY, override], timeout=120)
-  assert out.returncode == 2, out.stderr[-2000:]
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
-  assert not (tmp_path / "bad" / "config.json").exists()
+  assert_bad_input(out, field, tmp_path / "bad")

@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import assert_bad_input, run_rl
+
 from configs import rl_minatar
 from plastix.rl import experiment
 from plastix.rl import results
@@ -24,9 +26,7 @@ TINY = ["--config.total_env_steps=240", "--config.eval_every_steps=80", "--confi
         "--config.probes.hessian_iters=2", "--config.windows_per_chunk=2"]
 
 
-def _run(args, timeout=600):
-  return subprocess.run([sys.executable, "-m", "experiments.rl", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+_run = run_rl
 
 
 def _tiny_config(**overrides):
@@ -100,10 +100,7 @@ def test_resume_after_a_kill_gives_the_same_results(tmp_path):
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, override, field):
   out = _run([f"--workdir={tmp_path / 'bad'}", *TINY, override], timeout=120)
-  assert out.returncode == 2, out.stderr[-2000:]
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
-  assert not (tmp_path / "bad" / "config.json").exists()
+  assert_bad_input(out, field, tmp_path / "bad")
 
 
 def test_summary_numbers_by_hand():
