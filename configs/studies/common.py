@@ -12,12 +12,12 @@ from configs import shift
 SCALES = ("cpu", "paper")
 
 
-def base(name: str, scale: str, title: str, description: str,
-         sweeps: str = "") -> ml_collections.ConfigDict:
-  """configs/shift.py with a ``study`` section, sized for `scale`."""
+def with_study(config: ml_collections.ConfigDict, name: str, scale: str, title: str,
+               description: str, sweeps: str = "") -> ml_collections.ConfigDict:
+  """`config` named `name`, with a ``study`` section (no cells yet); ValueError
+  for a scale not in `SCALES`. Every study config, supervised or RL, starts here."""
   if scale not in SCALES:
     raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-  config = shift.get_config()
   config.name = name
   config.study = ml_collections.ConfigDict()
   config.study.name = name
@@ -26,6 +26,13 @@ def base(name: str, scale: str, title: str, description: str,
   config.study.description = description
   config.study.sweeps = sweeps
   config.study.cells = ml_collections.ConfigDict()
+  return config
+
+
+def base(name: str, scale: str, title: str, description: str,
+         sweeps: str = "") -> ml_collections.ConfigDict:
+  """configs/shift.py with a ``study`` section, sized for `scale`."""
+  config = with_study(shift.get_config(), name, scale, title, description, sweeps)
   if scale == "cpu":
     config.num_tasks = 10
     config.steps_per_task = 200

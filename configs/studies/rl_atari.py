@@ -28,22 +28,15 @@ from plastix.rl import atari_scores
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
-  if scale not in common.SCALES:
+  if scale not in common.SCALES:  # before rl_atari's own presets refuse it
     raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(common.SCALES)}")
-  config = rl_atari.get_config(scale)
-  config.name = "rl_atari"
-  config.interventions = "baseline,layer_norm"
-  config.study = ml_collections.ConfigDict()
-  config.study.name = "rl_atari"
-  config.study.scale = scale
-  config.study.title = "C51 on Atari: LayerNorm"
-  config.study.description = (
+  config = common.with_study(
+      rl_atari.get_config(scale), "rl_atari", scale, "C51 on Atari: LayerNorm",
       "C51 (the Nature DQN torso, 51 atoms, target network, replay, sticky actions 0.25) on "
       "Pong, Breakout and SpaceInvaders with and without LayerNorm on the preactivations of "
       "every hidden layer. The paper: LayerNorm gives value-based agents on Atari modest but "
       "consistent gains.")
-  config.study.sweeps = ""
-  config.study.cells = ml_collections.ConfigDict()
+  config.interventions = "baseline,layer_norm"
   cells = config.study.cells
   if scale == "cpu":
     cells.a_pong = "env_name=Pong"

@@ -24,22 +24,14 @@ INTERVENTIONS = "baseline,layer_norm,weight_decay,layer_norm+weight_decay"
 
 
 def get_config(scale: str = "cpu") -> ml_collections.ConfigDict:
-  if scale not in common.SCALES:
-    raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(common.SCALES)}")
-  config = rl_minatar.get_config()
-  config.name = "rl_minatar"
-  config.interventions = INTERVENTIONS
-  config.study = ml_collections.ConfigDict()
-  config.study.name = "rl_minatar"
-  config.study.scale = scale
-  config.study.title = "DQN on MinAtar: LayerNorm and weight decay"
-  config.study.description = (
+  config = common.with_study(
+      rl_minatar.get_config(), "rl_minatar", scale,
+      "DQN on MinAtar: LayerNorm and weight decay",
       "DQN (double, Huber, target network, replay) on MinAtar Breakout and SpaceInvaders and "
       "on the sequence Breakout then SpaceInvaders (one switch, halfway), with the baseline, "
       "LayerNorm, weight decay and both. The paper: LayerNorm (with weight decay) keeps "
       "value-based agents learning under the drift of their own data.")
-  config.study.sweeps = ""
-  config.study.cells = ml_collections.ConfigDict()
+  config.interventions = INTERVENTIONS
   cells = config.study.cells
   cells.a_breakout = "env_name=breakout"
   cells.b_space_invaders = "env_name=space_invaders"
