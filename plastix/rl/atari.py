@@ -74,6 +74,7 @@ from plastix.rl.envs import EnvInfo, StepOut
 BACKENDS = ("xla", "host")
 FULL_ACTIONS = 18
 _STACK, _SIZE = 4, 84
+OBS_SHAPE = (_SIZE, _SIZE, _STACK)  # one observation as the agent sees it (frames last).
 
 
 def _rom_ids() -> tuple[str, ...]:
@@ -266,7 +267,7 @@ class AtariEnv:
   @property
   def info(self) -> EnvInfo:
     actions = tuple(self._game(i).num_actions for i in range(len(self.games)))
-    return EnvInfo(games=self.games, obs_shape=(_SIZE, _SIZE, _STACK),
+    return EnvInfo(games=self.games, obs_shape=OBS_SHAPE,
                    num_actions=max(actions), game_actions=actions,
                    game_channels=(_STACK,) * len(self.games))
 
@@ -300,11 +301,7 @@ class AtariEnv:
     """Per run: (token, obs uint8 [E, 4, 84, 84], lives [E]) after resetting game g(t)."""
 
     def flat(token, t, seeds):  # token [8], t [], seeds [N]
-      branches = [lambda tok, s, i=i: self._game(i).reset(self.backend, tok, s)
-                  for i in range(len(self.games))]
-      if len(branches) == 1:
-        return branches[0](token, seeds)
-      return jax.lax.switch(self.game_index(t), branches, token, seeds)
+      return self._call_flat_reset(self.game_index(t), token, seeds)
 
     @jax.custom_batching.custom_vmap
     def call(token, t, seeds):
@@ -366,8 +363,11 @@ class AtariEnv:
     return call(token, t, actions, seeds)
 
   def _call_flat_reset(self, index, token, seeds):
+    """Game `index` (traced) reset in all ``[N]`` environments: (token, obs, lives)."""
     branches = [lambda tok, s, i=i: self._game(i).reset(self.backend, tok, s)
                 for i in range(len(self.games))]
+    if len(branches) == 1:
+      return branches[0](token, seeds)
     return jax.lax.switch(index, branches, token, seeds)
 
   # -- the VecEnv interface ---------------------------------------------------

@@ -105,7 +105,7 @@ def make_eval_env(config: ml_collections.ConfigDict):
 def obs_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """One observation's shape, without building the environments."""
   if suite(config) == "atari":
-    return (84, 84, 4)
+    return atari.OBS_SHAPE
   return (10, 10, 1)
 
 
