@@ -380,17 +380,22 @@ def updates_before(spec: RLSpec, step) -> jax.Array:
   return jnp.maximum(0, (step - first + spec.train_every - 1) // spec.train_every)
 
 
+def _epsilon_greedy(spec: RLSpec, state: RLState, obs, eps, k_eps, k_random) -> jax.Array:
+  """int32 ``[len(obs)]``: per observation a uniform-random action with
+  probability `eps`, else the online network's greedy one."""
+  q = spec.agent.q_values(_forward(spec, state.params, state.model_state, obs))
+  explore = jax.random.uniform(k_eps, (obs.shape[0],)) < eps
+  random_actions = jax.random.randint(k_random, (obs.shape[0],), 0, q.shape[-1])
+  return jnp.where(explore, random_actions, jnp.argmax(q, axis=-1)).astype(jnp.int32)
+
+
 def _act(spec: RLSpec, state: RLState, step, k_eps, k_random, k_env):
   """Acts epsilon-greedily in every environment, steps them, stores the
   transitions in replay and counts finished episodes: ``(state, (transitions,
   ended))`` (observations stored as uint8, `_stored`; ``ended`` [E]: the step
   ended an episode, terminated or truncated)."""
-  env_steps = step * spec.num_envs
-  q = spec.agent.q_values(_forward(spec, state.params, state.model_state, state.obs))
-  eps = epsilon(spec, env_steps)
-  explore = jax.random.uniform(k_eps, (spec.num_envs,)) < eps
-  random_actions = jax.random.randint(k_random, (spec.num_envs,), 0, q.shape[-1])
-  actions = jnp.where(explore, random_actions, jnp.argmax(q, axis=-1)).astype(jnp.int32)
+  actions = _epsilon_greedy(spec, state, state.obs, epsilon(spec, step * spec.num_envs),
+                            k_eps, k_random)
   obs, env_state, out = spec.env.step(k_env, state.env_state, actions)
   transitions = Transition(obs=_stored(state.obs), action=actions, reward=out.reward,
                            next_obs=_stored(out.next_obs),
@@ -591,10 +596,7 @@ def evaluate(spec: RLSpec, state: RLState, key):
   def step(carry, k):
     obs, env_state, running, total, count = carry
     k_eps, k_random, k_env = jax.random.split(k, 3)
-    q = spec.agent.q_values(_forward(spec, state.params, state.model_state, obs))
-    explore = jax.random.uniform(k_eps, (env.num_envs,)) < spec.eval_epsilon
-    random_actions = jax.random.randint(k_random, (env.num_envs,), 0, q.shape[-1])
-    actions = jnp.where(explore, random_actions, jnp.argmax(q, axis=-1)).astype(jnp.int32)
+    actions = _epsilon_greedy(spec, state, obs, spec.eval_epsilon, k_eps, k_random)
     obs, env_state, out = env.step(k_env, env_state, actions)
     running = running + _score(out)
     done = _episode_end(out)
