@@ -14,11 +14,10 @@ double DQN with a Huber loss, on a transition ``(s, a, r, s', d)``:
   loss = mean over the batch of huber(Q(s, a) - y),
   huber(x) = x^2 / 2 if |x| <= kappa else kappa (|x| - kappa / 2).
 
-The convolution pads its input (``padding=1``, the SAME padding of plastix's
-CNN), so both programs of the benchmark compute the same network:
-``10 x 10 x 16 = 1600`` features into the 128-unit layer (the original MinAtar
-network pads nothing: 1024 features). The hyperparameters default to those of
-``configs/rl_minatar.py``. Seeds run one after another, as PyTorch codebases
+The convolution pads nothing, as the original MinAtar network and plastix's
+(``model.cnn_padding = "VALID"`` in ``configs/rl_minatar.py``): ``8 x 8 x 16 =
+1024`` features into the 128-unit layer. The hyperparameters default to those
+of ``configs/rl_minatar.py``. Seeds run one after another, as PyTorch codebases
 run them; the benchmark sets ``torch.set_num_threads`` to the core count.
 """
 
@@ -60,14 +59,14 @@ class Settings:
 
 
 def q_network(in_channels: int, num_actions: int, settings: Settings = Settings()) -> nn.Module:
-  """conv(k x k, stride 1, SAME) -> ReLU -> flatten -> Linear(hidden) -> ReLU -> Linear(A),
-  on ``[B, C, 10, 10]`` observations."""
+  """conv(k x k, stride 1, no padding) -> ReLU -> flatten -> Linear(hidden) -> ReLU
+  -> Linear(A), on ``[B, C, 10, 10]`` observations (``10 - k + 1`` square maps)."""
+  side = 10 - settings.kernel_size + 1
   return nn.Sequential(
-      nn.Conv2d(in_channels, settings.channels, settings.kernel_size, stride=1,
-                padding=settings.kernel_size // 2),
+      nn.Conv2d(in_channels, settings.channels, settings.kernel_size, stride=1, padding=0),
       nn.ReLU(),
       nn.Flatten(),
-      nn.Linear(settings.channels * 10 * 10, settings.hidden),
+      nn.Linear(settings.channels * side * side, settings.hidden),
       nn.ReLU(),
       nn.Linear(settings.hidden, num_actions))
 

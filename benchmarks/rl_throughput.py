@@ -9,10 +9,12 @@ transition, and one update on a replay batch of 32 per environment step (the
 same replay ratio in every DQN mode), with target syncs. Modes:
 
 * ``plastix_N`` (one per ``--seeds`` count N): plastix's DQN
-  (`plastix.rl.loop.run_windows` built by `plastix.rl.from_config.build` from
+  (`plastix.rl.loop.run_windows` built by `plastix.rl.from_config` from
   ``configs/rl_minatar.py``), one environment per seed (``num_envs = 1``),
-  ``train_every = 1``, N seeds vmapped in one program on one device, as
-  ``experiments.rl`` runs them; the probes off (the reference has none).
+  ``train_every = 1``, N seeds vmapped, on the CPU devices ``experiments.rl``
+  splits the host into for N runs (`plastix.rl.from_config.cpu_devices`: on 2
+  cores 1 seed on one device, 8 seeds 4 per device on 2); the probes off (the
+  reference has none).
 * ``torch``: `benchmarks.rl_reference`, the PyTorch DQN of the usual shape on
   the ``minatar`` package's own environment, ``--torch_seeds`` seeds one after
   another, ``torch.set_num_threads`` = the host's cores; ``torch_T``: the same on
@@ -23,8 +25,8 @@ same replay ratio in every DQN mode), with target syncs. Modes:
   (`plastix.rl.agents.AGENTS`); its own settings otherwise. Reported as a
   throughput beside the others (not at the DQN modes' replay ratio).
 
-Every DQN mode runs the same network (16-channel 3x3 conv, stride 1, SAME
-padding; 128 units), Adam, double-DQN Huber loss, a buffer of
+Every DQN mode runs the same network, the MinAtar one (16-channel 3x3 conv,
+stride 1, no padding; 128 units), Adam, double-DQN Huber loss, a buffer of
 ``--buffer_size`` transitions per seed, and epsilon decaying over the
 ``--learning_starts`` warm-up so that every timed step acts at ``eps_end``
 (the reference then runs its network to act at nearly every step, as the
@@ -80,11 +82,13 @@ GAMES = ("breakout", "asterix", "freeway", "space_invaders")
 
 def forward_macs(obs_shape, num_actions: int, channels: int = CHANNELS, kernel: int = KERNEL,
                  hidden: int = HIDDEN) -> int:
-  """Multiply-adds of one forward pass on one ``(H, W, C)`` observation:
-  ``H W channels k^2 C`` (the SAME-padded conv, counting the padding's zeros as
-  XLA and PyTorch compute them) ``+ H W channels hidden + hidden A``."""
+  """Multiply-adds of one forward pass on one ``(H, W, C)`` observation, with
+  ``P = (H - k + 1)(W - k + 1)`` positions of the unpadded conv:
+  ``P channels k^2 C + P channels hidden + hidden A``."""
   h, w, c = obs_shape
-  return h * w * channels * kernel * kernel * c + h * w * channels * hidden + hidden * num_actions
+  positions = (h - kernel + 1) * (w - kernel + 1)
+  return (positions * channels * kernel * kernel * c + positions * channels * hidden
+          + hidden * num_actions)
 
 
 def dqn_flops_per_env_step(obs_shape, num_actions: int, batch: int = BATCH,
@@ -179,25 +183,34 @@ def xla_flops(spec, hp) -> dict:
 
 
 def loop_runner(config):
-  """plastix's loop for `config` (`plastix.rl.from_config.build`), compiled for
-  one window: ``(spec, hp, compile_s, carry, run)``. ``run()`` continues every
-  run by one window and returns its seconds; `carry` holds the states, the
-  next window's index and the last window's mean training loss."""
+  """plastix's loop for `config` as ``experiments.rl`` lays it out: the CPU split
+  into `plastix.rl.from_config.cpu_devices` devices (call this before JAX's
+  first operation) and the runs over them (`plastix.rl.experiment.layout_runs`),
+  compiled for one window: ``(spec, hp, compile_s, carry, run)``, with `hp` one
+  run's hyperparameters. ``run()`` continues every run by one window and
+  returns its seconds; `carry` holds the states, the next window's index, the
+  last window's mean training loss and ``devices``, the devices the runs span."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from plastix.rl import from_config, loop  # pylint: disable=g-import-not-at-top
-  spec, hp = from_config.build(config)
-  states = loop.init_states(from_config.seed_keys(config), hp, spec=spec)
+  from plastix.rl import experiment, from_config, loop  # pylint: disable=g-import-not-at-top
+  from_config.check(config)
+  experiment.use_split(config, from_config.cpu_devices(config))
+  spec = from_config.spec(config)
+  _, keys, run_hp, _ = experiment.layout_runs(config, spec)
+  states = loop.init_states(keys, run_hp, spec=spec)
   start = time.perf_counter()
-  compiled = loop.run_windows.lower(states, hp, spec=spec, num_windows=1,
+  compiled = loop.run_windows.lower(states, run_hp, spec=spec, num_windows=1,
                                     first_window=jnp.int32(0)).compile()
   compile_s = time.perf_counter() - start
-  carry = {"states": states, "window": 0, "loss": float("nan")}
+  hp = from_config.hparams(config)
+  carry = {"states": states, "window": 0, "loss": float("nan"),
+           "devices": len(jax.tree.leaves(states)[0].devices())}
 
   def run() -> float:
     start = time.perf_counter()
-    states, metrics = compiled(carry["states"], hp, first_window=jnp.int32(carry["window"]))
+    states, metrics = compiled(carry["states"], run_hp,
+                               first_window=jnp.int32(carry["window"]))
     jax.block_until_ready(states)
     seconds = time.perf_counter() - start
     carry.update(states=states, window=carry["window"] + 1,
@@ -217,7 +230,8 @@ def prepare_plastix(agent: str, game: str, num_seeds: int, num_envs: int, steps:
     run()
   info = {"seed_steps": num_seeds * steps, "num_seeds": num_seeds, "num_envs": num_envs,
           "agent": agent, "obs_shape": list(spec.env.info.obs_shape),
-          "num_actions": spec.env.info.num_actions, "warmup_env_steps": carry["window"] * steps}
+          "num_actions": spec.env.info.num_actions, "warmup_env_steps": carry["window"] * steps,
+          "devices": carry["devices"]}
   if agent != "pqn":
     info.update(xla_flops(spec, hp))
 
@@ -310,12 +324,13 @@ def seed_steps_per_s(cell: dict) -> float:
   return cell["seed_steps"] / statistics.median(cell["times"])
 
 
-HEADER = ("| mode | seeds | envs per seed | seed-steps/s | per seed | vs torch (paired) "
-          "| MFU | compile s | peak RSS MiB |")
+HEADER = ("| mode | seeds | envs per seed | devices | seed-steps/s | per seed "
+          "| vs torch (paired) | MFU | compile s | peak RSS MiB |")
 
 
 def table_lines(cells: dict, peak: float) -> list[str]:
-  """The markdown rows: per mode its seed-steps/s (median round), per seed, its
+  """The markdown rows: per mode the devices its runs span (the CPU split of
+  ``experiments.rl``; 1 for PyTorch), its seed-steps/s (median round), per seed, its
   paired speed relative to ``torch``, the MFU of the DQN modes
   (`dqn_flops_per_env_step`), compile time and peak memory; then the unsteady
   rounds, if any."""
@@ -323,7 +338,7 @@ def table_lines(cells: dict, peak: float) -> list[str]:
   lines = []
   for mode, c in cells.items():
     if "error" in c:
-      lines.append(f"| {mode} | | | n/a ({c['error']}) | | | | | |")
+      lines.append(f"| {mode} | | | | n/a ({c['error']}) | | | | | |")
       continue
     rate = seed_steps_per_s(c)
     kind, _ = parse_mode(mode)
@@ -334,12 +349,13 @@ def table_lines(cells: dict, peak: float) -> list[str]:
       mfu = f"{100 * rate * flops / peak:.1f}%"
     vs = "1.00x" if mode == "torch" else pairing.format_ratio(
         pairing.paired_ratio(per_step, "torch", mode))
-    lines.append(f"| {mode} | {c['num_seeds']} | {c['num_envs']} | {rate:.0f} | "
+    lines.append(f"| {mode} | {c['num_seeds']} | {c['num_envs']} | {c.get('devices', 1)} | "
+                 f"{rate:.0f} | "
                  f"{rate / c['num_seeds']:.0f} | {vs} | {mfu} | {c['compile_s']:.1f} | "
                  f"{pairing.format_mib(c.get('peak_rss_mib'))} |")
   note = pairing.unsteady_note(cells)
   if note:
-    lines.append(f"| unsteady rounds | | | {note} | | | | | |")
+    lines.append(f"| unsteady rounds | | | | {note} | | | | | |")
   return lines
 
 

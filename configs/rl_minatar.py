@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_steps = 0               # Env steps of an evaluation phase per row (0: none).
   config.eval_epsilon = 0.001         # Exploration of the evaluation episodes.
   config.stall_timeout_s = 300.0      # As in configs/shift.py (plastix.watchdog).
+  config.cpu_devices = 0              # CPU devices the runs split over (0: chosen for the
+                                      # runs and cores; plastix.rl.from_config.cpu_devices).
 
   # Interventions: the names of the supervised studies (plastix.interventions).
   config.interventions = "baseline,layer_norm,weight_decay,layer_norm+weight_decay"
@@ -77,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.exploration.eps_end = 0.01
   config.exploration.eps_decay_steps = 50_000  # Env steps of the linear decay.
 
-  # The MinAtar network: a 16-channel 3x3 conv (stride 1) and a 128-unit layer.
+  # The MinAtar network: a 16-channel 3x3 conv (stride 1, no padding: 10x10
+  # observations give 8x8x16 = 1,024 features) and a 128-unit layer.
   config.model = ml_collections.ConfigDict()
   config.model.name = "cnn"
   config.model.depth = 1
@@ -88,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.cnn_channels = (16,)
   config.model.cnn_kernel_size = 3
   config.model.cnn_stride = 1
+  config.model.cnn_padding = "VALID"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.l2 = 0.0   # Coupled L2: loss += (l2 / 2) ||p||^2 (the `l2` intervention).

@@ -119,6 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.cnn_channels = (32, 64)
   config.model.cnn_kernel_size = 3
   config.model.cnn_stride = 2
+  config.model.cnn_padding = "SAME"   # or "VALID" (no padding).
   config.model.resnet_width = 64
   config.model.resnet_stage_sizes = (2, 2, 2, 2)
   config.model.vit_patch_size = 4

@@ -130,8 +130,8 @@ _WATCH_FIELDS = ("stall_timeout_s", "tensorboard", "keep_checkpoints")
 # Fields added since a workdir may have been written, with the value that
 # means what the older code did (cpu_devices: its run_info.json holds no split,
 # so the run resumes on JAX's own devices, as it started; log_every_steps:
-# its checkpoints hold no per-step metrics).
-_ADDED_FIELDS = {"cpu_devices": 0, "log_every_steps": 0}
+# its checkpoints hold no per-step metrics; model.cnn_padding: the CNN was SAME-padded).
+_ADDED_FIELDS = {"cpu_devices": 0, "log_every_steps": 0, "model.cnn_padding": "SAME"}
 
 
 def is_resumable(workdir: str, config_dict: dict, added_fields: dict | None = None) -> bool:

@@ -265,10 +265,12 @@ class CNN(nn.Module):
     h_i = norm_i(conv_i(x_{i-1})),  x_i = act(h_i)     i < len(channels)
     then flatten (row-major over [H, W, C]) and dense layers as in `MLP`.
 
-  Each conv is ``kernel_size`` x ``kernel_size`` with stride ``stride`` and SAME
-  padding (so a stride-2 layer halves H and W, rounding up), unless
-  ``kernel_sizes`` / ``strides`` give one value per layer and ``padding`` is
-  "VALID" (the Nature DQN torso: 8x8 stride 4, 4x4 stride 2, 3x3 stride 1,
+  Each conv is ``kernel_size`` x ``kernel_size`` with stride ``stride`` and
+  ``padding``: SAME (the default: a stride-2 layer halves H and W, rounding
+  up) or VALID (no padding: ``H -> (H - k) // stride + 1``, the MinAtar
+  network's 10x10 inputs give 8x8 maps); ``kernel_sizes`` / ``strides``
+  give one value per layer instead (the Nature DQN torso, with ``padding``
+  "VALID": 8x8 stride 4, 4x4 stride 2, 3x3 stride 1,
   VALID, 32/64/64 channels, a 512-unit layer; 84x84 inputs give 20x20, 9x9
   and 7x7 maps). The inputs are multiplied by ``input_scale`` first (1/255
   for Atari frames of 0..255). Layers are
@@ -721,12 +723,25 @@ def _build_mlp(config, num_outputs, input_shape):
   return MLP(hidden_sizes=(width,) * depth, num_outputs=num_outputs, **_common(config))
 
 
+# The `cnn` model's padding options (``model.cnn_padding``).
+CNN_PADDINGS = ("SAME", "VALID")
+
+
 def _build_cnn(config, num_outputs, input_shape):
   depth, width = _int(config, "depth", 2, minimum=0), _int(config, "width", 256)
-  return CNN(num_outputs=num_outputs, channels=_ints(config, "cnn_channels", (32, 64)),
-             hidden_sizes=(width,) * depth,
-             kernel_size=_int(config, "cnn_kernel_size", 3),
-             stride=_int(config, "cnn_stride", 2), input_shape=_image_shape(input_shape, "cnn"),
+  channels = _ints(config, "cnn_channels", (32, 64))
+  kernel, stride = _int(config, "cnn_kernel_size", 3), _int(config, "cnn_stride", 2)
+  padding = _choice(config, "cnn_padding", "SAME", CNN_PADDINGS)
+  shape = _image_shape(input_shape, "cnn")
+  if shape is not None and padding == "VALID":
+    size = min(shape[0], shape[1])
+    for _ in channels:
+      size = (size - kernel) // stride + 1 if size >= kernel else 0
+    if size < 1:
+      raise _error("cnn_kernel_size", f"{len(channels)} VALID convs of this kernel and "
+                   f"stride {stride} leave nothing of {shape[0]}x{shape[1]} images", kernel)
+  return CNN(num_outputs=num_outputs, channels=channels, hidden_sizes=(width,) * depth,
+             kernel_size=kernel, stride=stride, padding=padding, input_shape=shape,
              **_common(config))
 
 
@@ -803,6 +818,7 @@ def create(model_config: Mapping[str, Any], num_outputs: int,
   | cnn_channels       | cnn         | (32, 64)     | channels of each conv             |
   | cnn_kernel_size    | cnn         | 3            | conv kernel side                  |
   | cnn_stride         | cnn         | 2            | conv stride                       |
+  | cnn_padding        | cnn         | "SAME"       | or "VALID" (no padding)           |
   | (nature_cnn)       | nature_cnn  | channels (32, 64, 64), depth 1, width 512; kernels    |
   |                    |             | 8/4/3, strides 4/2/1, VALID (fixed)                  |
   | input_scale        | nature_cnn  | 1/255        | multiplies the inputs             |

@@ -317,11 +317,12 @@ def test_torch_floor_runs_the_same_eight_products_and_updates():
 
 
 def test_forward_macs_and_dqn_flops_by_hand():
-  # Breakout: 10x10x4 observations, 3 actions. conv 100 * 16 * 9 * 4 = 57,600;
-  # dense 1600 * 128 = 204,800; head 128 * 3 = 384.
-  assert rl_throughput.forward_macs((10, 10, 4), 3) == 57_600 + 204_800 + 384
+  # Breakout: 10x10x4 observations, 3 actions; the unpadded 3x3 conv has 8x8
+  # positions. conv 64 * 16 * 9 * 4 = 36,864; dense 1024 * 128 = 131,072; head
+  # 128 * 3 = 384.
+  assert rl_throughput.forward_macs((10, 10, 4), 3) == 36_864 + 131_072 + 384
   flops = rl_throughput.dqn_flops_per_env_step((10, 10, 4), 3)
-  m = 262_784
+  m = 168_320
   assert flops == {"update": 10 * m * 32, "act": 2 * m, "total": 10 * m * 32 + 2 * m}
   half = rl_throughput.dqn_flops_per_env_step((10, 10, 4), 3, updates_per_env_step=0.5)
   assert half["update"] == 5 * m * 32 and half["act"] == 2 * m
@@ -340,6 +341,7 @@ def test_rl_config_matches_the_reference_settings():
   assert spec.window_steps == 500 and spec.num_envs == 1 and not spec.run_probes
   assert spec.model.channels == (16,) and spec.model.hidden_sizes == (128,)
   assert spec.model.kernel_size == 3 and spec.model.stride == 1
+  assert spec.model.padding == "VALID"
 
 
 def test_the_analytic_forward_flops_match_xlas_count():
@@ -347,11 +349,10 @@ def test_the_analytic_forward_flops_match_xlas_count():
   spec, hp = rl_from_config.build(config)
   counted = rl_throughput.xla_flops(spec, hp)
   m = rl_throughput.forward_macs(spec.env.info.obs_shape, spec.env.info.num_actions)
-  # XLA leaves out the taps that fall on the conv's padding: per image side 8
-  # positions see 3 taps and 2 see 2, so (8 * 3 + 2 * 2)^2 = 784 of 10^2 * 9
-  # position-taps are real. It adds the biases and ReLUs (about 3,500 FLOPs).
-  conv, real_conv = 100 * 16 * 9 * 4, 784 * 16 * 4
-  real = 2 * (m - conv + real_conv)
+  # The conv has no padding, so every tap is real: XLA counts the products
+  # and adds the biases and ReLUs (about 2,300 FLOPs).
+  conv = 64 * 16 * 9 * 4
+  real = 2 * m
   assert abs(counted["xla_act_flops"] - real) / real < 0.01
   # The update runs at least the products the convention counts, less the conv
   # layer's input gradient, which no one computes.
@@ -371,7 +372,8 @@ def test_parse_mode():
 def _rl_cells():
   info = {"obs_shape": [10, 10, 4], "num_actions": 3, "num_envs": 1, "compile_s": 2.0,
           "peak_rss_mib": 300.0}
-  return {"plastix_8": dict(info, times=[1.0, 1.0, 2.0], seed_steps=800, num_seeds=8),
+  return {"plastix_8": dict(info, times=[1.0, 1.0, 2.0], seed_steps=800, num_seeds=8,
+                            devices=2),
           "plastix_1": dict(info, times=[0.5, 0.5, 0.5], seed_steps=100, num_seeds=1),
           "torch": dict(info, times=[2.0, 4.0, 4.0], seed_steps=100, num_seeds=1,
                         compile_s=0.0),
@@ -407,8 +409,9 @@ def test_rl_table_rows():
           for line in lines}
   row = rows["plastix_8"]
   assert row["seed-steps/s"] == "800" and row["per seed"] == "100" and row["seeds"] == "8"
+  assert row["devices"] == "2" and rows["torch"]["devices"] == "1"
   assert row["vs torch (paired)"] == "16.00x (16.00-32.00)"
-  flops = 10 * 262_784 * 32 + 2 * 262_784  # per environment step
+  flops = 10 * 168_320 * 32 + 2 * 168_320  # per environment step (VALID conv: 8x8 maps)
   assert row["MFU"] == f"{100 * 800 * flops / peak:.1f}%"
   assert rows["torch"]["vs torch (paired)"] == "1.00x" and rows["torch"]["seed-steps/s"] == "25"
   assert "n/a (boom)" in rows["pqn_128"]["seed-steps/s"]
@@ -479,7 +482,7 @@ def test_reference_epsilon_replay_and_network():
   assert torch_equal(obs[:, 0, 0, 0], (actions % 2).float())
   net = rl_reference.q_network(4, 3)
   counts = [p.numel() for p in net.parameters()]
-  assert counts == [16 * 4 * 9, 16, 1600 * 128, 128, 128 * 3, 3]
+  assert counts == [16 * 4 * 9, 16, 1024 * 128, 128, 128 * 3, 3]  # 8x8x16 features
   assert tuple(net(rl_reference.torch.zeros(5, 4, 10, 10)).shape) == (5, 3)
 
 

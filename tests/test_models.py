@@ -388,6 +388,30 @@ def test_create_defaults():
                                                                            "tanh")
 
 
+def test_cnn_padding_valid_is_the_minatar_network():
+  """VALID: a 3x3 stride-1 conv maps 10x10 to 8x8 (8 * 8 * 16 = 1,024 features
+  into the 128-unit layer); SAME keeps 10x10 (1,600). The first output of a
+  VALID conv is the kernel's sum over the top-left 3x3 window alone."""
+  shapes = {}
+  for padding in ("SAME", "VALID"):
+    model = models.create({"name": "cnn", "depth": 1, "width": 128, "cnn_channels": (16,),
+                           "cnn_stride": 1, "cnn_padding": padding}, 3, (10, 10, 4))
+    assert model.padding == padding
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 10, 4)))["params"]
+    shapes[padding] = params["dense_1"]["kernel"].shape
+  assert shapes == {"SAME": (1600, 128), "VALID": (1024, 128)}
+  conv = models.CNN(num_outputs=1, channels=(1,), hidden_sizes=(), kernel_size=3, stride=1,
+                    padding="VALID")
+  x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  kernel = variables["params"]["conv_0"]["kernel"]
+  _, inter = conv.apply(variables, x, capture_intermediates=True)
+  h = inter["intermediates"]["conv_0"]["__call__"][0]
+  assert h.shape == (1, 3, 3, 1)
+  window = jnp.array([[0., 1, 2], [5, 6, 7], [10, 11, 12]])
+  np.testing.assert_allclose(h[0, 0, 0, 0], jnp.sum(window * kernel[:, :, 0, 0]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("fields,input_shape,message", [
     (dict(name="transformer"), None, "model.name: choose one of mlp, cnn"),
     (dict(name="mlp", norm="group"), None, "model.norm: choose one of"),
@@ -398,6 +422,9 @@ def test_create_defaults():
     (dict(name="cnn", cnn_channels=()), _IMAGE, "model.cnn_channels: must be a sequence"),
     (dict(name="cnn", cnn_stride=0), _IMAGE, "model.cnn_stride: must be an integer >= 1"),
     (dict(name="cnn"), (8, 8, 3, 1), "input_shape: model 'cnn' needs"),
+    (dict(name="cnn", cnn_padding="same"), _IMAGE, "model.cnn_padding: choose one of SAME, VALID"),
+    (dict(name="cnn", cnn_padding="VALID", cnn_kernel_size=5, cnn_stride=1), (8, 8, 1),
+     "model.cnn_kernel_size: 2 VALID convs of this kernel and stride 1 leave nothing of 8x8"),
     (dict(name="resnet18", resnet_width=-1), _IMAGE, "model.resnet_width: must be"),
     (dict(name="vit_tiny", vit_patch_size=3), _IMAGE,
      r"model.vit_patch_size: must divide the image size 8x8 \(got 3\)"),

@@ -251,6 +251,7 @@ def test_resume_after_a_kill_gives_the_same_results(tmp_path):
     ("--config.atari.backend=gpu", "atari.backend:"),
     ("--config.env_name=Pong+Breakout", "eval_steps:"),
     ("--config.atari.noop_max=-1", "atari.noop_max:"),
+    ("--config.cpu_devices=2", "cpu_devices: the atari suite"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, override, field):
   out = _run([f"--workdir={tmp_path / 'bad'}", *TINY, override], timeout=120)

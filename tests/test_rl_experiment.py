@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ import pytest
 from tests.conftest import assert_bad_input, run_rl
 
 from configs import rl_minatar
+from plastix import sharding
 from plastix.rl import experiment
+from plastix.rl import from_config
 from plastix.rl import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +100,8 @@ def test_resume_after_a_kill_gives_the_same_results(tmp_path):
     ("--config.eval_every_steps=81", "eval_every_steps:"),
     ("--config.interventions=baseline,two_hot", "interventions:"),
     ("--config.grid=shift_params.eps=0.1,1", "grid:"),
+    ("--config.cpu_devices=-1", "cpu_devices:"),
+    ("--config.model.cnn_padding=valid", "model.cnn_padding:"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, override, field):
   out = _run([f"--workdir={tmp_path / 'bad'}", *TINY, override], timeout=120)
@@ -117,28 +122,86 @@ def test_summary_numbers_by_hand():
   np.testing.assert_equal(results.curves(rows, "baseline", "episode_return")[0], [10, 20])
 
 
-def test_three_seeds_on_two_devices_match_one_device(tmp_path):
-  """The runs split over forced host devices (padded to a multiple of them):
-  each program per device, in a subprocess with a timeout (never a hang)."""
+def _environment_without_forced_devices():
+  """This environment without a forced CPU device count (the command's
+  ``cpu_devices`` decides)."""
+  env = dict(os.environ)
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                            env.get("XLA_FLAGS", "")).strip()
+  return env
+
+
+def test_a_cpu_split_matches_one_device_and_never_hangs(tmp_path):
+  """The runs split over CPU devices, each device's program on its share, every
+  probe on (sharpness too), in each shape a user reaches: two devices for 3
+  seeds (padded to 4 runs, 2 per device: the shape whose batched SVD once
+  deadlocked a split host, `plastix.sharding`), and the default split
+  (`sharding.cpu_device_count`: 3 devices of one run each on a 2-core host).
+  Each in a subprocess with a timeout and the watchdog's stall limit, so a
+  deadlock fails instead of hanging; each gives one device's metrics."""
   args = [*TINY, "--config.num_seeds=3", "--config.interventions=baseline",
-          "--config.probes.sharpness_every=0"]
-  outs = {}
-  for devices in (1, 2):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+          "--config.probes.sharpness_every=1", "--config.stall_timeout_s=120"]
+  outs, infos = {}, {}
+  for name, extra in (("one", ["--config.cpu_devices=1"]), ("two", ["--config.cpu_devices=2"]),
+                      ("default", [])):
     out = subprocess.run([sys.executable, "-m", "experiments.rl",
-                          f"--workdir={tmp_path / str(devices)}", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+                          f"--workdir={tmp_path / name}", *args, *extra], cwd=ROOT,
+                         env=_environment_without_forced_devices(), capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    with open(tmp_path / str(devices) / "metrics.csv") as f:
-      outs[devices] = list(csv.DictReader(f))
-  assert len(outs[1]) == len(outs[2]) == 9
-  info = json.loads((tmp_path / "2" / "run_info.json").read_text())
-  assert info["layout"]["run_devices"] == 2
-  for a, b in zip(outs[1], outs[2]):
-    assert (a["seed"], a["env_steps"]) == (b["seed"], b["env_steps"])
-    for key in ("episode_return", "num_episodes", "loss", "td_error", "param_norm"):
-      np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-3, atol=1e-5,
-                                 err_msg=key)
+    with open(tmp_path / name / "metrics.csv") as f:
+      outs[name] = list(csv.DictReader(f))
+    infos[name] = json.loads((tmp_path / name / "run_info.json").read_text())
+  expected = {"one": 1, "two": 2, "default": sharding.cpu_device_count(3, sharding.host_cores())}
+  for name, devices in expected.items():
+    assert infos[name]["cpu_devices"] == devices, name
+    assert infos[name]["layout"]["run_devices"] == devices, name
+    assert len(outs[name]) == 9
+  for name in ("two", "default"):
+    for a, b in zip(outs["one"], outs[name]):
+      assert (a["seed"], a["env_steps"]) == (b["seed"], b["env_steps"])
+      for key in ("episode_return", "num_episodes", "loss", "td_error", "param_norm", "srank",
+                  "sharpness"):
+        np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-3, atol=1e-5,
+                                   err_msg=f"{name}: {key}")
+
+
+def test_cpu_devices_for_a_config(monkeypatch):
+  """`from_config.cpu_devices`: as given when set; else
+  `sharding.cpu_device_count` for the runs (seeds x grid points) and cores; none
+  for Atari (one ale-py env per process) or where the count is forced."""
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  monkeypatch.setattr(sharding, "host_cores", lambda: 2)
+  config = rl_minatar.get_config()
+  assert config.cpu_devices == 0
+  assert from_config.cpu_devices(config) == 3       # 3 seeds on 2 cores: one device each
+  config.num_seeds = 8
+  assert from_config.cpu_devices(config) == 2       # 8 seeds: 4 per device
+  config.grid = "optimizer.learning_rate=1e-4,3e-4,1e-3"
+  assert from_config.cpu_devices(config) == 2       # 24 runs
+  config.num_seeds, config.grid = 1, ""
+  assert from_config.cpu_devices(config) == 1
+  config.cpu_devices = 4
+  assert from_config.cpu_devices(config) == 4       # as given
+  config.cpu_devices = 0
+  config.suite = "atari"
+  assert from_config.cpu_devices(config) is None
+  config.suite = "minatar"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert from_config.cpu_devices(config) is None
+
+
+def test_a_resumed_run_keeps_the_split_it_started_with():
+  config = rl_minatar.get_config()
+  new = from_config.cpu_devices(config)
+  assert experiment.cpu_split(config, None) == new                     # a new run
+  assert experiment.cpu_split(config, {"cpu_devices": 5}) == 5          # as it started
+  assert experiment.cpu_split(config, {"cpu_devices": None}) is None    # JAX's devices
+  assert experiment.cpu_split(config, {}) == new                       # run_info.json lost
+  config.cpu_devices = 2
+  assert experiment.cpu_split(config, {"cpu_devices": 5}) == 2          # set: as given
 
 
 def test_a_grid_of_learning_rates_trains_beside_the_seeds():

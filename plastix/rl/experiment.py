@@ -30,8 +30,11 @@ from plastix.rl import from_config
 UsageError = base.UsageError
 # RL config fields added after RL workdirs were first written -> the value that
 # means what the older code did (`plastix.experiment.is_resumable`).
+# (cpu_devices 0: the run resumes on the split its run_info.json records, none
+# for the older runs; model.cnn_padding: the MinAtar CNN was SAME-padded.)
 ADDED_FIELDS = {"suite": "minatar", "eval_steps": 0, "eval_epsilon": 0.001, "pqn.lam": 0.65,
-                "pqn.rollout_steps": 32, "pqn.epochs": 2, "pqn.minibatches": 4}
+                "pqn.rollout_steps": 32, "pqn.epochs": 2, "pqn.minibatches": 4,
+                "cpu_devices": 0, "model.cnn_padding": "SAME"}
 
 
 class Prepared(NamedTuple):
@@ -48,6 +51,60 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   return Prepared(config, names)
 
 
+def cpu_split(config: ml_collections.ConfigDict, saved_info: dict | None) -> int | None:
+  """The CPU devices a run splits this host into: `from_config.cpu_devices`
+  for a new run (`saved_info` None); a resumed run keeps the split its
+  run_info.json records (None for a run from before the split existed, or
+  where run_info.json is lost), unless ``config.cpu_devices`` sets one."""
+  split = from_config.cpu_devices(config)
+  if saved_info is None or config.get("cpu_devices", 0) or not saved_info:
+    return split
+  return saved_info.get("cpu_devices")
+
+
+def use_split(config: ml_collections.ConfigDict, split: int | None) -> int | None:
+  """Splits the CPU into `split` devices (`sharding.use_cpu_devices`); the split
+  in effect. Where JAX already runs in this process (a notebook, a test), its
+  devices stay: a `UsageError` if ``config.cpu_devices`` asked for another
+  count, else None (JAX's own devices)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
+  if split is None:
+    return None
+  try:
+    sharding.use_cpu_devices(split)
+    return split
+  except RuntimeError:
+    have = jax.local_device_count("cpu")
+    if have == split:
+      return split
+    if config.get("cpu_devices", 0):
+      raise UsageError(f"cpu_devices: JAX already runs on {have} CPU devices in this process; "
+                       f"run {split} in a new process") from None
+    return None
+
+
+def layout_runs(config: ml_collections.ConfigDict, spec):
+  """Every run of `config` (seeds x grid points), laid out over the devices:
+  ``(grid points, keys, hparams, number of real runs)``.
+
+  On more than one device the runs split over all of them (padded with copies
+  of the last run to a multiple of them, `plastix.sharding.pad_runs`; drop the
+  copies with `sharding.unpad`), as the supervised runs are, unless the
+  environment says it is not ``shardable``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
+  points, hp = from_config.grid_hparams(config)
+  keys = from_config.seed_keys(config, len(points))
+  num_real = keys.shape[0]
+  if jax.device_count() > 1 and getattr(spec.env, "shardable", True):
+    mesh = sharding.seed_mesh()
+    (keys, hp), _ = sharding.pad_runs((keys, hp), mesh.size)
+    keys, hp = sharding.shard_seeds(keys, mesh), sharding.shard_seeds(hp, mesh)
+  return points, keys, hp, num_real
+
+
 def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dict):
   """Every seed and grid point of `config` under intervention `name`: WindowMetrics [run, window]."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -56,15 +113,7 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
   from plastix.rl import loop  # pylint: disable=g-import-not-at-top
   resolved = interventions.apply(config, name)
   spec = from_config.spec(resolved)
-  points, hp = from_config.grid_hparams(resolved)
-  keys = from_config.seed_keys(resolved, len(points))
-  num_real = keys.shape[0]
-  if jax.device_count() > 1 and getattr(spec.env, "shardable", True):
-    # Runs split over every device (padded with copies of the last run to a
-    # multiple of them, dropped at the end), as the supervised runs are.
-    mesh = sharding.seed_mesh()
-    (keys, hp), _ = sharding.pad_runs((keys, hp), mesh.size)
-    keys, hp = sharding.shard_seeds(keys, mesh), sharding.shard_seeds(hp, mesh)
+  points, keys, hp, num_real = layout_runs(resolved, spec)
   total_windows = resolved.total_env_steps // resolved.eval_every_steps
   chunk = min(resolved.windows_per_chunk, total_windows)
   states = loop.init_states(keys, hp, spec=spec)
@@ -130,13 +179,16 @@ def run(prepared: Prepared, workdir: str,
   config_dict = json.loads(json.dumps(config.to_dict()))
   # Fields added since RL workdirs were first written, with their old meaning.
   resuming = base.is_resumable(workdir, config_dict, added_fields=ADDED_FIELDS)
+  saved_info = base._saved_run_info(workdir) if resuming else None  # pylint: disable=protected-access
+  # Before JAX's first operation: the CPU device count is fixed then.
+  split = use_split(config, cpu_split(config, saved_info))
   base._prepare_workdir(workdir)  # pylint: disable=protected-access
   if log is not None:
     log.attach(os.path.join(workdir, joblog.LOG_FILE))
   layout = {"processes": jax.process_count(), "run_devices": jax.device_count()}
   if not resuming:
     base_results.write_json(os.path.join(workdir, "config.json"), config_dict)
-    base_results.write_json(os.path.join(workdir, "run_info.json"), base.run_info(None, layout))
+    base_results.write_json(os.path.join(workdir, "run_info.json"), base.run_info(split, layout))
   points = grid_lib.points(config.grid, from_config.GRID_FIELDS)
   runs = config.num_seeds * len(points)
   env = from_config.make_env(config)
