@@ -7,6 +7,10 @@ Structure (every loop is a ``lax.scan``)::
       scan over tasks:  run_task               # train, probe, switch task
         scan over steps: train_step            # one Adam step on a minibatch
 
+The vmap over runs and the scan over tasks are `plastix.program.run_periods`,
+the program every learner runs (the RL agents' too, a window of environment
+steps per period), with `Tasks` (a task per period) as its learner.
+
 What is static (changes the program) lives in `EngineSpec`, a hashable
 dataclass; what is traced (may be vmapped over a grid) lives in `HParams`; the
 data is an argument, never a baked-in constant. `run_tasks` is jitted once per
@@ -39,6 +43,7 @@ from plastix import objectives
 from plastix import optim
 from plastix import probe_suite
 from plastix import probes
+from plastix import program
 from plastix import resets
 from plastix import shifts
 from plastix.engine_types import EngineSpec, HParams, TaskMetrics, TrainData, TrainState
@@ -70,8 +75,7 @@ def _shift(spec: EngineSpec, hp: HParams, data: TrainData) -> shifts.Shift:
   return shifts.make_shift(spec.shift, ctx, spec.input_dim, spec.random_initial_labels)
 
 
-def _stream(rng: jax.Array, stream: int, index) -> jax.Array:
-  return jax.random.fold_in(jax.random.fold_in(rng, stream), index)
+_stream = program.stream
 
 
 def init_state(spec: EngineSpec, hp: HParams, data: TrainData, rng: jax.Array) -> TrainState:
@@ -442,11 +446,6 @@ def _train_in_parts(spec: EngineSpec, data: TrainData, state: TrainState, step, 
   return state, (losses.reshape(-1), accuracies.reshape(-1)), within
 
 
-def _run_axes(hp: HParams):
-  """vmap axes of `hp`: 0 for leaves with a leading run axis, None for shared scalars."""
-  return jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hp)
-
-
 def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: TrainState):
   """Applies ``spec.resets`` in order after every ``reset_period``-th task.
 
@@ -484,6 +483,23 @@ def _reset_at_task_end(spec: EngineSpec, hp: HParams, data: TrainData, state: Tr
   return state, jnp.where(due, num_reset, 0)
 
 
+class Tasks:
+  """The supervised engine as a `plastix.program.PeriodicLearner`: its period
+  is a task (`run_task`), its state a `TrainState`; `spec` is static, `data`
+  the (traced) training set."""
+
+  def __init__(self, spec: EngineSpec, data: TrainData):
+    self.spec, self.data = spec, data
+
+  def init_state(self, hp: HParams, rng: jax.Array) -> TrainState:
+    return init_state(self.spec, hp, self.data, rng)
+
+  def run_period(self, hp: HParams, state: TrainState, number) -> tuple[TrainState, TaskMetrics]:
+    return run_task(self.spec, hp, self.data, state, number)
+
+  start = staticmethod(program.start_unchanged)
+
+
 @functools.partial(jax.jit, static_argnames="spec")
 def init_states(rngs: jax.Array, data: TrainData, hp: HParams, *, spec: EngineSpec):
   """`init_state` for a leading axis of runs (seed keys).
@@ -491,8 +507,7 @@ def init_states(rngs: jax.Array, data: TrainData, hp: HParams, *, spec: EngineSp
   `hp` is either shared by every run (scalar leaves) or has a leading run axis
   like `rngs` (a hyperparameter grid, see `from_config.stack_hparams`).
   """
-  return jax.vmap(lambda r, h: init_state(spec, h, data, r),
-                  in_axes=(0, _run_axes(hp)))(rngs, hp)
+  return program.init_runs(Tasks(spec, data), rngs, hp)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_tasks"), donate_argnums=0)
@@ -503,7 +518,9 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
   `hp` is shared (scalar leaves) or per run (a leading run axis, as in
   `init_states`). `first_task` (traced, shared by every run) is the index of
   the first of these tasks, for the expensive probes' schedule. Returns the
-  new states and `TaskMetrics` with leading axes [run, task].
+  new states and `TaskMetrics` with leading axes [run, task]. The program is
+  `plastix.program.run_periods` with `Tasks` as its learner, the one every
+  learner runs (the RL agents' too).
 
   With ``spec.parallel_runs = b`` (0 < b < R runs), the R runs are arranged
   as ``[b, R / b]``: the b rows are vmapped side by side and each row's R / b
@@ -515,24 +532,8 @@ def run_tasks(states: TrainState, data: TrainData, hp: HParams, *, spec: EngineS
   over d devices (d dividing b) becomes a sharding of the b rows and each
   device keeps its own runs.
   """
-  numbers = jnp.asarray(first_task, jnp.int32) + jnp.arange(num_tasks, dtype=jnp.int32)
-
-  def one_run(state, run_hp):
-    return jax.lax.scan(lambda s, t: run_task(spec, run_hp, data, s, t), state, numbers)
-
-  axes = _run_axes(hp)
-  num_runs = states.rng.shape[0]
-  rows = spec.parallel_runs
-  if not rows or rows >= num_runs:
-    return jax.vmap(one_run, in_axes=(0, axes))(states, hp)
-  if num_runs % rows:
-    raise ValueError(f"parallel_runs={rows} must divide the {num_runs} runs")
-  split = lambda x: x.reshape((rows, num_runs // rows) + x.shape[1:])
-  merge = lambda x: x.reshape((num_runs,) + x.shape[2:])
-  per_run_hp = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_runs,) + jnp.shape(x)[1:]), hp)
-  row = lambda row_states, row_hp: jax.lax.map(lambda a: one_run(*a), (row_states, row_hp))
-  out = jax.vmap(row)(jax.tree.map(split, states), jax.tree.map(split, per_run_hp))
-  return jax.tree.map(merge, out)
+  return program.run_periods(Tasks(spec, data), states, hp, first_task, num_tasks,
+                             rows=spec.parallel_runs)
 
 
 def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"):
@@ -549,12 +550,14 @@ def make_train(config: ml_collections.ConfigDict, intervention: str = "baseline"
       resolved.get("log_every_steps", 0))
   hp = from_config.hparams(resolved)
 
+  tasks = Tasks(spec, data)
+
   def train(key: jax.Array) -> TaskMetrics:
-    state = init_state(spec, hp, data, key)
+    state = tasks.init_state(hp, key)
     # The task numbers do not depend on the key, so under vmap they stay shared
     # and the expensive probes' lax.cond still skips work.
     numbers = jnp.arange(resolved.num_tasks, dtype=jnp.int32)
-    _, metrics = jax.lax.scan(lambda s, t: run_task(spec, hp, data, s, t), state, numbers)
+    _, metrics = jax.lax.scan(lambda s, t: tasks.run_period(hp, s, t), state, numbers)
     return metrics
 
   return train

@@ -7,6 +7,10 @@ leading run axis, as in the supervised engine)::
       scan over evaluation windows: run_window   # then probes, metrics
         scan over vector steps: agent_step       # act in E envs, store, learn
 
+The two outer loops are `plastix.program.run_periods`, the program the
+supervised engine runs too, with `Windows` (an evaluation window per period)
+as its learner; the agents (`plastix.rl.agents`) plug into the steps.
+
 One *vector step* acts once in each of the ``num_envs`` environments of a
 seed (``num_envs`` environment steps), writes those transitions to the
 replay buffer and, every ``train_every`` vector steps once
@@ -56,6 +60,7 @@ from plastix import models
 from plastix import optim
 from plastix import probe_suite
 from plastix import probes
+from plastix import program
 from plastix import resets
 from plastix.rl import replay
 from plastix.rl.agents import Transition
@@ -177,7 +182,7 @@ def optimizer(spec: RLSpec, hp: RLHParams) -> optax.GradientTransformation:
 
 
 def _stream(rng, stream: int, index=0):
-  return jax.random.fold_in(jax.random.fold_in(rng, stream), index)
+  return program.stream(rng, stream, index)
 
 
 def _fresh_network(spec: RLSpec, key):
@@ -664,30 +669,40 @@ def restart_envs(spec: RLSpec, state: RLState, window) -> RLState:
                        episode_return=jnp.zeros_like(state.episode_return))
 
 
-def _run_axes(hp: RLHParams):
-  return jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, hp)
+class Windows:
+  """The RL loop as a `plastix.program.PeriodicLearner`: its period is an
+  evaluation window (`run_window`), its state an `RLState`; a program over
+  environments with host state (``stateful``) starts with `restart_envs`."""
+
+  def __init__(self, spec: RLSpec):
+    self.spec = spec
+
+  def init_state(self, hp: RLHParams, rng: jax.Array) -> RLState:
+    return init_state(self.spec, hp, rng)
+
+  def run_period(self, hp: RLHParams, state: RLState, number) -> tuple[RLState, WindowMetrics]:
+    return run_window(self.spec, hp, state, number)
+
+  def start(self, state: RLState, first) -> RLState:
+    if _is_stateful(self.spec.env):
+      return restart_envs(self.spec, state, first)
+    return state
 
 
 @functools.partial(jax.jit, static_argnames="spec")
 def init_states(rngs: jax.Array, hp: RLHParams, *, spec: RLSpec) -> RLState:
   """`init_state` for a leading axis of runs; `hp` shared or with a run axis."""
-  return jax.vmap(lambda r, h: init_state(spec, h, r), in_axes=(0, _run_axes(hp)))(rngs, hp)
+  return program.init_runs(Windows(spec), rngs, hp)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_windows"), donate_argnums=0)
 def run_windows(states: RLState, hp: RLHParams, *, spec: RLSpec, num_windows: int,
                 first_window=0):
-  """`num_windows` windows for every run of `states` (leading axis): one program.
+  """`num_windows` windows for every run of `states` (leading axis): one program,
+  `plastix.program.run_periods` with `Windows` as its learner (the program the
+  supervised engine runs too).
 
   `first_window` (traced, shared) is the index of the first of them. Returns
   the new states and `WindowMetrics` with leading axes [run, window].
   """
-  first = jnp.asarray(first_window, jnp.int32)
-  numbers = first + jnp.arange(num_windows, dtype=jnp.int32)
-
-  def one_run(state, run_hp):
-    if _is_stateful(spec.env):
-      state = restart_envs(spec, state, first)
-    return jax.lax.scan(lambda s, w: run_window(spec, run_hp, s, w), state, numbers)
-
-  return jax.vmap(one_run, in_axes=(0, _run_axes(hp)))(states, hp)
+  return program.run_periods(Windows(spec), states, hp, first_window, num_windows)
