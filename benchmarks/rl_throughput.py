@@ -2,7 +2,7 @@ r"""Speed of plastix's whole RL agent against a plain PyTorch DQN, on MinAtar.
 
   python -m benchmarks.rl_throughput [--game=breakout] [--seeds=1,8] [--steps=2000]
       [--learning_starts=5000] [--rounds=5] [--torch_seeds=1] [--pqn_envs=128]
-      [--buffer_size=100000] [--modes=...] [--json_out=FILE]
+      [--buffer_size=100000] [--cpu_devices=0] [--modes=...] [--json_out=FILE]
 
 What is timed is the whole agent: acting in the environment, storing the
 transition, and one update on a replay batch of 32 per environment step (the
@@ -13,8 +13,8 @@ same replay ratio in every DQN mode), with target syncs. Modes:
   ``configs/rl_minatar.py``), one environment per seed (``num_envs = 1``),
   ``train_every = 1``, N seeds vmapped, on the CPU devices ``experiments.rl``
   splits the host into for N runs (`plastix.rl.from_config.cpu_devices`: on 2
-  cores 1 seed on one device, 8 seeds 4 per device on 2); the probes off (the
-  reference has none).
+  cores 1 seed on one device, 8 seeds 4 per device on 2; ``--cpu_devices``
+  sets another count); the probes off (the reference has none).
 * ``torch``: `benchmarks.rl_reference`, the PyTorch DQN of the usual shape on
   the ``minatar`` package's own environment, ``--torch_seeds`` seeds one after
   another, ``torch.set_num_threads`` = the host's cores; ``torch_T``: the same on
@@ -124,7 +124,7 @@ def warmup_rounds(learning_starts: int, steps: int) -> int:
 
 
 def rl_config(game: str, agent: str, num_seeds: int, num_envs: int, steps: int,
-              learning_starts: int, buffer_size: int):
+              learning_starts: int, buffer_size: int, cpu_devices: int = 0):
   """``configs/rl_minatar.py`` for a benchmark mode: one evaluation window per
   round of `steps` environment steps per seed (whole vector steps), the probes
   off, epsilon at its end after the warm-up."""
@@ -135,6 +135,7 @@ def rl_config(game: str, agent: str, num_seeds: int, num_envs: int, steps: int,
   config.eval_every_steps = steps
   config.total_env_steps = steps * (warmup_rounds(learning_starts, steps) + 1)
   config.interventions = "baseline"
+  config.cpu_devices = cpu_devices
   config.probes.enabled = False
   if agent != "pqn":
     config.replay.learning_starts = learning_starts
@@ -224,10 +225,12 @@ def loop_runner(config):
 
 
 def prepare_plastix(agent: str, game: str, num_seeds: int, num_envs: int, steps: int,
-                    learning_starts: int, buffer_size: int) -> pairing.Prepared:
+                    learning_starts: int, buffer_size: int,
+                    cpu_devices: int = 0) -> pairing.Prepared:
   """plastix's loop for one mode, compiled, warmed up; each run continues every
   seed's run for `steps` environment steps (one evaluation window)."""
-  config = rl_config(game, agent, num_seeds, num_envs, steps, learning_starts, buffer_size)
+  config = rl_config(game, agent, num_seeds, num_envs, steps, learning_starts, buffer_size,
+                     cpu_devices)
   spec, hp, compile_s, carry, run = loop_runner(config)
   for _ in range(warmup_rounds(learning_starts, steps) if agent != "pqn" else 0):
     run()
@@ -282,13 +285,14 @@ def prepare_torch(game: str, num_seeds: int, steps: int, learning_starts: int,
 
 
 def prepare(mode: str, game: str, steps: int, learning_starts: int, buffer_size: int,
-            torch_seeds: int) -> pairing.Prepared:
+            torch_seeds: int, cpu_devices: int = 0) -> pairing.Prepared:
   """The named mode (`parse_mode`), built, warmed up and ready to time."""
   kind, number = parse_mode(mode)
   if kind == "torch":
     return prepare_torch(game, torch_seeds, steps, learning_starts, buffer_size, number)
   if kind == "plastix":
-    return prepare_plastix("dqn", game, number, 1, steps, learning_starts, buffer_size)
+    return prepare_plastix("dqn", game, number, 1, steps, learning_starts, buffer_size,
+                           cpu_devices)
   # PQN's windows are whole rollouts (configs/rl_minatar.py's pqn.rollout_steps).
   from configs import rl_minatar  # pylint: disable=g-import-not-at-top
   rollout = rl_minatar.get_config().pqn.rollout_steps * number
@@ -407,6 +411,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("torch_seeds", 1, "Seeds of the PyTorch reference, one after another.")
   flags.DEFINE_integer("pqn_envs", 128, "Environments of the PQN mode (where the agent exists).")
   flags.DEFINE_integer("buffer_size", 100_000, "Replay capacity per seed.")
+  flags.DEFINE_integer("cpu_devices", 0, "CPU devices of the plastix DQN modes (the config's "
+                       "cpu_devices; 0: as experiments.rl chooses for the runs and cores).")
   flags.DEFINE_list("modes", None, "Modes to measure (default: plastix_N for every --seeds "
                     "count, torch, and pqn_E where plastix has PQN).")
   flags.DEFINE_string("json_out", "", "Also write the per-round times and worker info to "
@@ -421,7 +427,8 @@ def _command(mode: str) -> list[str]:
   """A worker of `mode` with this run's settings."""
   return [sys.executable, "-m", "benchmarks.rl_throughput", f"--mode={mode}"] + [
       f"--{name}={FLAGS[name].value}" for name in ("game", "steps", "learning_starts",
-                                                   "buffer_size", "torch_seeds")]
+                                                   "buffer_size", "torch_seeds",
+                                                   "cpu_devices")]
 
 
 def check_flags() -> None:
@@ -444,6 +451,8 @@ def check_flags() -> None:
       parse_mode(mode)
     except ValueError as e:
       pairing.refuse(f"--modes: {e}")
+  if FLAGS.cpu_devices < 0:
+    pairing.refuse(f"--cpu_devices: must be at least 0 (got {FLAGS.cpu_devices})")
   if not FLAGS.worker_timeout_s > 0:
     pairing.refuse(f"--worker_timeout_s: must be positive (got {FLAGS.worker_timeout_s})")
 
@@ -458,7 +467,7 @@ def main(argv):
     return
   if FLAGS.mode:
     pairing.serve(lambda: prepare(FLAGS.mode, FLAGS.game, FLAGS.steps, FLAGS.learning_starts,
-                                  FLAGS.buffer_size, FLAGS.torch_seeds))
+                                  FLAGS.buffer_size, FLAGS.torch_seeds, FLAGS.cpu_devices))
     return
 
   check_flags()

@@ -420,7 +420,7 @@ def test_rl_table_rows():
 
 def test_rl_benchmark_refuses_bad_flags_with_one_line():
   for flag in ("--steps=0", "--game=pong", "--seeds=1,x", "--modes=plastix_1,jax",
-               "--learning_starts=8"):
+               "--learning_starts=8", "--cpu_devices=-1"):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.rl_throughput", flag],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, (flag, proc.stderr)
@@ -443,6 +443,10 @@ def test_rl_benchmark_runs_tiny_end_to_end():
     assert mode in rows and "n/a (" not in rows[mode], out
     assert rows[mode].count("%") == 1  # its MFU
   assert "x (" in rows["plastix_2"]  # its paired ratio to the reference
+  # Its runs on the CPU devices experiments.rl would split this host into.
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
+  assert rows["plastix_2"].split("|")[4].strip() == str(
+      sharding.cpu_device_count(2, sharding.host_cores()))
   assert "target: plastix_2 at least 4x torch's" in out
   assert "XLA's count of the compiled update" in out
 
