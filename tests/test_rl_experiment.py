@@ -193,6 +193,23 @@ def test_cpu_devices_for_a_config(monkeypatch):
   assert from_config.cpu_devices(config) is None
 
 
+def test_a_split_asked_of_a_process_where_jax_already_runs():
+  """In a process whose JAX backends are up (this one), the CPU device count is
+  fixed: the automatic split falls back to JAX's devices, an asked-for count
+  that differs is one line naming the field."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.numpy.zeros(1).block_until_ready()
+  have = jax.local_device_count("cpu")
+  config = rl_minatar.get_config()
+  assert experiment.use_split(config, None) is None
+  assert experiment.use_split(config, have) == have
+  assert experiment.use_split(config, have + 1) is None     # automatic: JAX's own devices
+  config.cpu_devices = have + 1
+  with pytest.raises(experiment.UsageError,
+                     match=f"^cpu_devices: JAX already runs on {have} CPU devices"):
+    experiment.use_split(config, have + 1)
+
+
 def test_a_resumed_run_keeps_the_split_it_started_with():
   config = rl_minatar.get_config()
   new = from_config.cpu_devices(config)
