@@ -9,8 +9,8 @@ replay and optimizer across the switch).
 
   python -m experiments.study --config=configs/studies/rl_minatar.py:cpu --workdir=DIR
 
-``cpu`` is sized for a 2-core CPU (about an hour): 60k environment steps per seed,: far shorter than the
-millions of frames of published MinAtar agents, so it shows early learning and
+``cpu`` is sized for a 2-core CPU (about 10 minutes, the runs split over
+devices): 60k environment steps per seed, far shorter than the millions of frames of published MinAtar agents, so it shows early learning and
 the probes' trends, not final scores. ``paper`` is MinAtar's usual budget
 (5M environment steps per game) for an accelerator.
 """

@@ -195,7 +195,8 @@ def run(prepared: Prepared, workdir: str,
   say(f"{config.name}: {config.agent} on {'+'.join(env.info.games)} ({config.num_envs} envs "
       f"per seed), {config.total_env_steps} env steps, {config.num_seeds} seeds"
       f"{f' x {len(points)} grid points' if len(points) > 1 else ''} on "
-      f"{jax.default_backend()}, interventions {', '.join(names)}")
+      f"{jax.device_count()} {jax.default_backend()} device(s), interventions "
+      f"{', '.join(names)}")
   start = time.perf_counter()
   job = {"steps_total": len(names) * runs * config.total_env_steps, "steps_done": 0,
          "count": len(names), "index": 0}
