@@ -498,7 +498,7 @@ def main(argv):
   references = [m for m in modes if parse_mode(m)[0] == "torch"]
   extra = [flops_line(cells)] + [target_line(cells, int(n), reference=r)
                                  for r in references for n in FLAGS.seeds]
-  if not any(parse_mode(m)[0] == "pqn" for m in modes):
+  if FLAGS.modes is None and not any(parse_mode(m)[0] == "pqn" for m in modes):
     extra.append("pqn: plastix has no PQN agent (plastix.rl.agents.AGENTS); not measured")
   print("\n" + "\n".join(line for line in extra if line))
 
