@@ -68,8 +68,8 @@ def cpu_devices(config: ml_collections.ConfigDict) -> int | None:
   ``config.cpu_devices = n > 0`` is taken as given. 0 (automatic) gives
   `sharding.cpu_device_count` for the runs (seeds x grid points) and this
   host's cores: each device steps and trains its share of the runs, which on
-  2 cores ran 1.3-1.5x faster than one device for DQN on MinAtar with 3, 4
-  and 8 runs (docs/performance.md). None for the Atari suite (one ale-py
+  2 cores ran DQN on MinAtar with 8 seeds 1.46x faster than one device
+  (docs/performance.md). None for the Atari suite (one ale-py
   vector env serves every run of a process: its runs stay on one device) and
   where ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS`` already set the count.
   """
