@@ -150,7 +150,9 @@ def is_resumable(workdir: str, config_dict: dict, added_fields: dict | None = No
   except (OSError, ValueError) as e:
     raise UsageError(f"--workdir {workdir!r} has an unreadable config.json ({e}); "
                      "use a new --workdir") from None
-  old, new = {**added_fields, **_flatten(saved)}, _flatten(config_dict)
+  new = _flatten(config_dict)
+  # An added field stands in for the saved config only where this config has it.
+  old = {**{k: v for k, v in added_fields.items() if k in new}, **_flatten(saved)}
   changed = sorted(k for k in old.keys() | new.keys()
                    if old.get(k) != new.get(k)
                    and not k.startswith(_LAYOUT_FIELDS + _WATCH_FIELDS))

@@ -210,6 +210,26 @@ def test_a_split_asked_of_a_process_where_jax_already_runs():
     experiment.use_split(config, have + 1)
 
 
+def test_added_fields_stand_in_for_old_workdirs_only_where_the_config_has_them(tmp_path):
+  """A workdir written before `model.cnn_padding` and `cpu_devices` existed ran
+  the padded conv: it resumes with SAME, not with today's unpadded default. A
+  config without the field at all (Atari's Nature torso) is not blocked by it."""
+  from plastix import experiment as base  # pylint: disable=g-import-not-at-top
+  from configs import rl_atari  # pylint: disable=g-import-not-at-top
+  now = json.loads(json.dumps(rl_minatar.get_config().to_dict()))
+  saved = json.loads(json.dumps(now))
+  del saved["model"]["cnn_padding"], saved["cpu_devices"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(base.UsageError, match=r"different config \(model.cnn_padding\)"):
+    base.is_resumable(str(tmp_path), now, added_fields=experiment.ADDED_FIELDS)
+  now["model"]["cnn_padding"] = "SAME"
+  assert base.is_resumable(str(tmp_path), now, added_fields=experiment.ADDED_FIELDS)
+  atari = json.loads(json.dumps(rl_atari.get_config("cpu").to_dict()))
+  assert "cnn_padding" not in atari["model"]
+  (tmp_path / "config.json").write_text(json.dumps(atari))
+  assert base.is_resumable(str(tmp_path), atari, added_fields=experiment.ADDED_FIELDS)
+
+
 def test_a_resumed_run_keeps_the_split_it_started_with():
   config = rl_minatar.get_config()
   new = from_config.cpu_devices(config)
