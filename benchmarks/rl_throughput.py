@@ -199,10 +199,10 @@ def loop_runner(config):
   experiment.use_split(config, from_config.cpu_devices(config))
   spec = from_config.spec(config)
   _, keys, run_hp, _ = experiment.layout_runs(config, spec)
-  states = loop.init_states(keys, run_hp, spec=spec)
+  states = experiment.init_runs(spec, keys, run_hp)
   start = time.perf_counter()
-  loop.run_windows.lower(states, run_hp, spec=spec, num_windows=1,
-                         first_window=jnp.int32(0)).compile()
+  compiled = loop.run_windows.lower(states, run_hp, spec=spec, num_windows=1,
+                                    first_window=jnp.int32(0)).compile()
   compile_s = time.perf_counter() - start
   hp = from_config.hparams(config)
   carry = {"states": states, "window": 0, "loss": float("nan"),
@@ -210,11 +210,8 @@ def loop_runner(config):
 
   def run() -> float:
     start = time.perf_counter()
-    # Through jit's dispatch, as experiments.rl runs it: on a split host the
-    # states come back with shardings of XLA's choosing, for which jit
-    # compiles the program once more (in the untimed warm-up).
-    states, metrics = loop.run_windows(carry["states"], run_hp, spec=spec, num_windows=1,
-                                       first_window=jnp.int32(carry["window"]))
+    states, metrics = compiled(carry["states"], run_hp,
+                               first_window=jnp.int32(carry["window"]))
     jax.block_until_ready(states)
     seconds = time.perf_counter() - start
     carry.update(states=states, window=carry["window"] + 1,

@@ -270,8 +270,8 @@ class CNN(nn.Module):
   up) or VALID (no padding: ``H -> (H - k) // stride + 1``, the MinAtar
   network's 10x10 inputs give 8x8 maps); ``kernel_sizes`` / ``strides``
   give one value per layer instead (the Nature DQN torso, with ``padding``
-  "VALID": 8x8 stride 4, 4x4 stride 2, 3x3 stride 1,
-  VALID, 32/64/64 channels, a 512-unit layer; 84x84 inputs give 20x20, 9x9
+  "VALID": 8x8 stride 4, 4x4 stride 2, 3x3 stride 1, 32/64/64 channels, a
+  512-unit layer; 84x84 inputs give 20x20, 9x9
   and 7x7 maps). The inputs are multiplied by ``input_scale`` first (1/255
   for Atari frames of 0..255). Layers are
   indexed together in forward order: ``conv_0 .. conv_{K-1}``, then

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -165,6 +166,39 @@ def test_a_cpu_split_matches_one_device_and_never_hangs(tmp_path):
                   "sharpness"):
         np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-3, atol=1e-5,
                                    err_msg=f"{name}: {key}")
+
+
+_ONE_PROGRAM = textwrap.dedent("""
+    import jax
+    from configs import rl_minatar
+    from plastix.rl import experiment, from_config, loop
+    config = rl_minatar.get_config()
+    config.total_env_steps, config.eval_every_steps, config.num_envs = 160, 80, 2
+    config.num_seeds, config.probes.batch_size = 3, 16
+    config.replay.learning_starts, config.replay.buffer_size = 40, 500
+    config.replay.batch_size = 8
+    spec = from_config.spec(config)
+    _, keys, hp, num_real = experiment.layout_runs(config, spec)
+    states = experiment.init_runs(spec, keys, hp)
+    by_run = jax.sharding.PartitionSpec("seeds")
+    placed = all(x.sharding.spec == by_run for x in jax.tree.leaves(states))
+    for window in range(2):
+      states, _ = loop.run_windows(states, hp, spec=spec, num_windows=1, first_window=window)
+    print(jax.device_count(), keys.shape[0], num_real, placed,
+          loop.run_windows._cache_size())
+""")
+
+
+def test_split_runs_are_placed_by_run_and_compile_one_program():
+  """On 2 devices (3 runs padded to 4) every leaf of the initial states is split
+  by runs, as a chunk returns them, so the second chunk reuses the first's
+  program instead of compiling one for other shardings."""
+  env = _environment_without_forced_devices()
+  env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count=2".strip()
+  out = subprocess.run([sys.executable, "-c", _ONE_PROGRAM], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split("\n")[-2] == "2 4 3 True 1", out.stdout
 
 
 def test_cpu_devices_for_a_config(monkeypatch):

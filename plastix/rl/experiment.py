@@ -105,6 +105,20 @@ def layout_runs(config: ml_collections.ConfigDict, spec):
   return points, keys, hp, num_real
 
 
+def init_runs(spec, keys, hp):
+  """`loop.init_states` for `layout_runs`'s keys and hyperparameters, every leaf
+  placed like the keys. `init_states` leaves the leaves that do not depend on
+  the key (the empty replay buffer, counts) replicated, a copy on every
+  device, while a chunk returns every leaf split by runs: placed alike, every
+  chunk runs one compiled program, and each device holds only its runs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from plastix.rl import loop  # pylint: disable=g-import-not-at-top
+  states = loop.init_states(keys, hp, spec=spec)
+  if len(keys.sharding.device_set) > 1:
+    states = jax.device_put(states, keys.sharding)
+  return states
+
+
 def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dict):
   """Every seed and grid point of `config` under intervention `name`: WindowMetrics [run, window]."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -116,7 +130,7 @@ def _run_intervention(config, name: str, progress, checkpoint_dir: str, job: dic
   points, keys, hp, num_real = layout_runs(resolved, spec)
   total_windows = resolved.total_env_steps // resolved.eval_every_steps
   chunk = min(resolved.windows_per_chunk, total_windows)
-  states = loop.init_states(keys, hp, spec=spec)
+  states = init_runs(spec, keys, hp)
   ckpt = checkpointing.Checkpointer(checkpoint_dir)
   done, parts = 0, []
   latest = ckpt.latest_tasks_done()
