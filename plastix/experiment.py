@@ -176,8 +176,10 @@ def _resumed_split(config, split: int | None, saved: dict) -> int | None:
   """The CPU split of a resumed run: the one it started with (`saved` run_info;
   the core count may have changed), unless ``config.cpu_devices`` sets one or the
   job is now multi-process, where each process keeps JAX's own devices, or
-  run_info.json is lost (`split`, as for a new run, in each case)."""
-  if config.cpu_devices or config.distributed.enabled or not saved:
+  run_info.json is lost (`split`, as for a new run, in each case). A config
+  without a ``distributed`` section (an RL config) is one process."""
+  distributed = config.get("distributed")
+  if config.get("cpu_devices", 0) or (distributed is not None and distributed.enabled) or not saved:
     return split
   return saved.get("cpu_devices")
 

@@ -56,10 +56,8 @@ def cpu_split(config: ml_collections.ConfigDict, saved_info: dict | None) -> int
   for a new run (`saved_info` None); a resumed run keeps the split its
   run_info.json records (None for a run from before the split existed, or
   where run_info.json is lost), unless ``config.cpu_devices`` sets one."""
-  split = from_config.cpu_devices(config)
-  if saved_info is None or config.get("cpu_devices", 0) or not saved_info:
-    return split
-  return saved_info.get("cpu_devices")
+  # pylint: disable-next=protected-access
+  return base._resumed_split(config, from_config.cpu_devices(config), saved_info or {})
 
 
 def use_split(config: ml_collections.ConfigDict, split: int | None) -> int | None:
@@ -111,11 +109,11 @@ def init_runs(spec, keys, hp):
   the key (the empty replay buffer, counts) replicated, a copy on every
   device, while a chunk returns every leaf split by runs: placed alike, every
   chunk runs one compiled program, and each device holds only its runs."""
-  import jax  # pylint: disable=g-import-not-at-top
+  from plastix import sharding  # pylint: disable=g-import-not-at-top
   from plastix.rl import loop  # pylint: disable=g-import-not-at-top
   states = loop.init_states(keys, hp, spec=spec)
   if len(keys.sharding.device_set) > 1:
-    states = jax.device_put(states, keys.sharding)
+    states = sharding.shard_seeds(states, keys.sharding.mesh)
   return states
 
 
@@ -193,7 +191,8 @@ def run(prepared: Prepared, workdir: str,
   config_dict = json.loads(json.dumps(config.to_dict()))
   # Fields added since RL workdirs were first written, with their old meaning.
   resuming = base.is_resumable(workdir, config_dict, added_fields=ADDED_FIELDS)
-  saved_info = base._saved_run_info(workdir) if resuming else None  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  saved_info = base._saved_run_info(workdir) if resuming else None
   # Before JAX's first operation: the CPU device count is fixed then.
   split = use_split(config, cpu_split(config, saved_info))
   base._prepare_workdir(workdir)  # pylint: disable=protected-access
